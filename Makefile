@@ -1,0 +1,30 @@
+# goworker — see README.md. `make test` installs what the tests need.
+CARGO ?= cargo
+
+.PHONY: build run test deps bench lint ci doc
+
+build:
+	$(CARGO) build --release
+
+# The service on the embedded default config (config.example.yaml).
+run:
+	$(CARGO) run --release -- run
+
+# Installs the system packages the tests use (when missing), then tests.
+test: deps
+	$(CARGO) test
+
+deps:
+	./scripts/install-deps.sh
+
+bench: deps
+	$(CARGO) bench
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+
+ci: lint test doc

@@ -1,0 +1,126 @@
+//! The crate's error types.
+//!
+//! `Error` is what library calls return; `ConfigError` says exactly where a
+//! configuration went wrong (file, key path, line and column) so that
+//! `goworker check` can print one line an operator can act on.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in goworker's library calls.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid; nothing was started.
+    Config(ConfigError),
+    /// An I/O operation failed; the string says what was being done.
+    Io {
+        /// What was being done, e.g. "spawn /bin/echo".
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A provider's source (redis, disk, a socket) failed.
+    Provider {
+        /// The provider's configured name.
+        provider: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A job could not be handed on because the pipeline is shut down.
+    ShuttingDown,
+    /// Anything else, with a message.
+    Other(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A provider failure.
+    pub fn provider(provider: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::Provider {
+            provider: provider.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(e) => e.fmt(f),
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Provider { provider, message } => write!(f, "provider {provider}: {message}"),
+            Error::ShuttingDown => f.write_str("shutting down"),
+            Error::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Config(e) => Some(e),
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Error {
+        Error::Config(e)
+    }
+}
+
+/// A configuration error: where it is and what is wrong.
+///
+/// Displayed as `FILE:LINE:COLUMN: KEY.PATH: message`, leaving out what is
+/// not known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, when the config came from one.
+    pub file: Option<PathBuf>,
+    /// The key path, e.g. `workers[1].count`; empty for the whole document.
+    pub path: String,
+    /// 1-based line and column, where known.
+    pub location: Option<(usize, usize)>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error at a key path with no known location.
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: None,
+            path: path.into(),
+            location: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{}", file.display())?,
+            None => f.write_str("config")?,
+        }
+        if let Some((line, col)) = self.location {
+            write!(f, ":{line}:{col}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,163 @@
+//! The `goworker` binary: subcommands mapped to exit codes. Everything
+//! else lives in the library.
+
+use clap::{Parser, Subcommand};
+use goworker::{Config, Error, Registry, Service};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Plugin-based work manager: providers bring jobs in, pools of OS-thread
+/// workers run them.
+#[derive(Parser, Debug)]
+#[command(name = "goworker", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the service (without -c: the embedded default config).
+    Run {
+        /// Config file (YAML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file: exit 0, or 2 with the error.
+    Check {
+        /// Config file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print every provider, worker and failure handler type with its options.
+    Options,
+}
+
+/// An error and the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let code = match e {
+            Error::Config(_) => 2,
+            _ => 1,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("goworker: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+}
+
+fn run(args: Args) -> Result<(), Failure> {
+    let registry = Registry::with_builtins();
+    match args.command {
+        Command::Run { config } => serve(load(config.as_deref(), &registry)?),
+        Command::Check { config } => {
+            let c = load(Some(&config), &registry)?;
+            println!(
+                "{}: OK ({} provider(s), {} pool(s), {} failure handler(s))",
+                config.display(),
+                c.providers.len(),
+                c.pools.len(),
+                c.failure_handlers.len()
+            );
+            Ok(())
+        }
+        Command::Options => {
+            print_options(&registry);
+            Ok(())
+        }
+    }
+}
+
+fn load(path: Option<&Path>, registry: &Registry) -> Result<Config, Failure> {
+    let c = match path {
+        Some(p) => Config::load(p, registry),
+        None => Config::parse(goworker::EXAMPLE_CONFIG, registry).map_err(|mut e| {
+            e.file = Some(PathBuf::from("<embedded config.example.yaml>"));
+            e
+        }),
+    };
+    c.map_err(|e| Failure {
+        code: 2,
+        message: e.to_string(),
+    })
+}
+
+fn serve(config: Config) -> Result<(), Failure> {
+    let service = Service::builder(config).build()?;
+    // A provider that cannot open its source (corrupt database, port in
+    // use) is a start-up failure, like a bad config: exit 2.
+    let running = service.start().map_err(|e| Failure {
+        code: 2,
+        message: e.to_string(),
+    })?;
+    let handle = running.shutdown_handle();
+    let mut signals = 0u32;
+    ctrlc::set_handler(move || {
+        signals += 1;
+        if signals == 1 {
+            log::info!("signal received: finishing running jobs (send it again to exit at once)");
+            handle.shutdown();
+        } else {
+            log::warn!(
+                "second signal: killing running jobs and exiting; they run again after restart"
+            );
+            handle.kill_running();
+            std::process::exit(1);
+        }
+    })
+    .map_err(|e| Failure {
+        code: 1,
+        message: format!("cannot install signal handler: {e}"),
+    })?;
+    let report = running.wait();
+    if let Some(p) = report.failed_provider {
+        return Err(Failure {
+            code: 1,
+            message: format!("provider {p} failed; stopped"),
+        });
+    }
+    log::info!("stopped: {} job(s) handed back", report.released);
+    Ok(())
+}
+
+fn print_options(registry: &Registry) {
+    let mut section = "";
+    for t in registry.describe() {
+        if t.section != section {
+            section = t.section;
+            println!("# {section}s\n");
+        }
+        println!("{section} type: {}\n  {}", t.name, t.description);
+        let key_w = t.options.iter().map(|o| o.key.len()).max().unwrap_or(0);
+        let ty_w = t.options.iter().map(|o| o.ty.len()).max().unwrap_or(0);
+        for o in &t.options {
+            println!(
+                "  {:key_w$}  {:ty_w$}  default: {}  {}",
+                o.key, o.ty, o.default, o.description
+            );
+        }
+        println!();
+    }
+}

@@ -1,0 +1,202 @@
+//! The `memory` provider: an in-process channel. Tests and library users
+//! submit jobs through a [`MemoryHandle`] and read every settlement back.
+//! It cannot store retries, so the manager's timer heap holds them; dead
+//! letters are kept in memory.
+
+use super::{Acker, Delivery, Provider, ProviderContext};
+use crate::error::Error;
+use crate::job::{FailureRecord, Job, Report};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How a job submitted to a memory provider ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settled {
+    /// Succeeded.
+    Succeeded(Report),
+    /// Failed for good; the record went to the dead letters.
+    Failed(Report, Box<FailureRecord>),
+    /// A payload that was not a job, dead-lettered without running.
+    Malformed(Box<FailureRecord>),
+    /// Handed back un-finished at shutdown (`None`: never parsed).
+    Released(Option<Box<Job>>),
+}
+
+enum Submission {
+    Job(Box<Job>),
+    Raw(Vec<u8>),
+}
+
+#[derive(Default)]
+struct Shared {
+    dead: Mutex<Vec<FailureRecord>>,
+    down: Mutex<Option<String>>,
+}
+
+/// The provider half; give it to [`crate::ServiceBuilder::provider`].
+pub struct MemoryProvider {
+    inbox: Receiver<Submission>,
+    settled: Sender<Settled>,
+    shared: Arc<Shared>,
+}
+
+/// The caller's half: submit jobs, read how they ended.
+#[derive(Clone)]
+pub struct MemoryHandle {
+    inbox: Sender<Submission>,
+    settled: Receiver<Settled>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MemoryProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryProvider")
+    }
+}
+
+impl std::fmt::Debug for MemoryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryHandle")
+    }
+}
+
+impl MemoryProvider {
+    /// A provider and its handle. Submissions queue without bound until the
+    /// service starts.
+    pub fn new() -> (MemoryProvider, MemoryHandle) {
+        let (in_tx, in_rx) = crossbeam_channel::unbounded();
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared::default());
+        (
+            MemoryProvider {
+                inbox: in_rx,
+                settled: out_tx,
+                shared: shared.clone(),
+            },
+            MemoryHandle {
+                inbox: in_tx,
+                settled: out_rx,
+                shared,
+            },
+        )
+    }
+
+    fn deliver(&self, ctx: &ProviderContext, s: Submission) -> Result<(), ()> {
+        let acker = Box::new(MemoryAcker {
+            settled: self.settled.clone(),
+            shared: self.shared.clone(),
+        });
+        let delivery = match s {
+            Submission::Job(job) => Delivery::new(Ok(*job), acker),
+            Submission::Raw(raw) => Delivery::parse(&raw, acker),
+        };
+        ctx.send(delivery).map_err(Delivery::release)
+    }
+
+    fn apply_health(&self, ctx: &ProviderContext) {
+        let down = self.shared.down.lock().ok().and_then(|d| d.clone());
+        match down {
+            Some(reason) => ctx.set_down(&reason),
+            None => ctx.set_up(),
+        };
+    }
+}
+
+impl Provider for MemoryProvider {
+    fn run(&mut self, ctx: &ProviderContext) -> Result<(), Error> {
+        self.apply_health(ctx);
+        while !ctx.is_stopping() {
+            match self.inbox.recv_timeout(Duration::from_millis(100)) {
+                Ok(s) => {
+                    if self.deliver(ctx, s).is_err() {
+                        break;
+                    }
+                    while let Ok(s) = self.inbox.try_recv() {
+                        if self.deliver(ctx, s).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => self.apply_health(ctx),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MemoryHandle {
+    /// Submits a job; returns its id.
+    ///
+    /// # Errors
+    /// When the provider is gone.
+    pub fn submit(&self, job: Job) -> Result<String, Error> {
+        let id = job.id.clone();
+        self.inbox
+            .send(Submission::Job(Box::new(job)))
+            .map_err(|_| Error::ShuttingDown)?;
+        Ok(id)
+    }
+
+    /// Submits a raw payload, parsed as a producer's JSON would be.
+    ///
+    /// # Errors
+    /// When the provider is gone.
+    pub fn submit_raw(&self, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
+        self.inbox
+            .send(Submission::Raw(payload.into()))
+            .map_err(|_| Error::ShuttingDown)
+    }
+
+    /// Every settlement, in the order the manager made them.
+    pub fn settled(&self) -> &Receiver<Settled> {
+        &self.settled
+    }
+
+    /// The dead-letter records so far.
+    pub fn dead_letters(&self) -> Vec<FailureRecord> {
+        self.shared
+            .dead
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
+    }
+
+    /// Marks the provider down (`Some(reason)`) or up (`None`), as a lost
+    /// connection would; it shows in `/healthz` within 100 ms.
+    pub fn set_down(&self, reason: Option<&str>) {
+        if let Ok(mut d) = self.shared.down.lock() {
+            *d = reason.map(str::to_string);
+        }
+    }
+}
+
+struct MemoryAcker {
+    settled: Sender<Settled>,
+    shared: Arc<Shared>,
+}
+
+impl Acker for MemoryAcker {
+    fn ack(self: Box<Self>, report: &Report) {
+        let _ = self.settled.send(Settled::Succeeded(report.clone()));
+    }
+
+    fn dead(self: Box<Self>, record: &FailureRecord, report: &Report) {
+        if let Ok(mut d) = self.shared.dead.lock() {
+            d.push(record.clone());
+        }
+        let settled = if record.raw.is_some() {
+            Settled::Malformed(Box::new(record.clone()))
+        } else {
+            Settled::Failed(report.clone(), Box::new(record.clone()))
+        };
+        let _ = self.settled.send(settled);
+    }
+
+    fn release(self: Box<Self>, job: Option<&Job>) {
+        let _ = self
+            .settled
+            .send(Settled::Released(job.map(|j| Box::new(j.clone()))));
+    }
+}

@@ -1,0 +1,397 @@
+//! Putting it together: build everything from a validated [`Config`], then
+//! spawn (providers, pools, the manager, the failure-handler thread, the
+//! stats server), then wait for shutdown.
+
+use crate::config::{Config, PoolConfig};
+use crate::error::Error;
+use crate::failure::FailureHandler;
+use crate::job::FailureRecord;
+use crate::manager::{Control, Hooks, Manager, NoHooks, ShutdownReport};
+use crate::pool::Pool;
+use crate::provider::{Health, JobStore, Provider, ProviderContext};
+use crate::registry::WorkerSpec;
+use crate::stats::{Snapshot, StatsReader};
+use crate::worker::{PoolInfo, WorkerType};
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+/// Builds a [`Service`] from a config plus providers, pools and handlers
+/// added in code.
+pub struct ServiceBuilder {
+    config: Config,
+    hooks: Box<dyn Hooks>,
+}
+
+impl std::fmt::Debug for ServiceBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBuilder")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl ServiceBuilder {
+    /// Adds a provider built in code (e.g. a [`crate::MemoryProvider`]).
+    pub fn provider(mut self, name: &str, provider: impl Provider) -> ServiceBuilder {
+        self.config.providers.push(crate::config::ProviderConfig {
+            name: name.to_string(),
+            kind: "custom".into(),
+            provider: Box::new(provider),
+        });
+        self
+    }
+
+    /// Adds a pool of `count` threads running workers of type `T` for jobs
+    /// whose `type` is `name`.
+    ///
+    /// # Errors
+    /// When `T` rejects its options.
+    pub fn pool<T: WorkerType>(
+        mut self,
+        name: &str,
+        count: usize,
+        options: T::Options,
+    ) -> Result<ServiceBuilder, Error> {
+        let info = PoolInfo {
+            name: name.to_string(),
+            count,
+            timeout: None,
+        };
+        let spec: Arc<dyn WorkerSpec> =
+            Arc::new(T::from_options(options, &info).map_err(Error::Other)?);
+        self.config.pools.push(PoolConfig {
+            name: name.to_string(),
+            kind: T::TYPE.to_string(),
+            count: count.max(1),
+            timeout: None,
+            retry: self.config.manager.retry,
+            spec,
+        });
+        Ok(self)
+    }
+
+    /// Adds a failure handler.
+    pub fn failure_handler(
+        mut self,
+        name: &str,
+        handler: impl FailureHandler + 'static,
+    ) -> ServiceBuilder {
+        self.config
+            .failure_handlers
+            .push(crate::config::HandlerConfig {
+                name: name.to_string(),
+                kind: "custom".into(),
+                handler: Box::new(handler),
+            });
+        self
+    }
+
+    /// Sets the observation hooks (sd_notify, metrics exporters).
+    pub fn hooks(mut self, hooks: impl Hooks + 'static) -> ServiceBuilder {
+        self.hooks = Box::new(hooks);
+        self
+    }
+
+    /// Changes the manager settings.
+    pub fn manager(mut self, f: impl FnOnce(&mut crate::config::ManagerConfig)) -> ServiceBuilder {
+        f(&mut self.config.manager);
+        self
+    }
+
+    /// Validates what was added and returns the service, not yet started.
+    ///
+    /// # Errors
+    /// Duplicate pool or provider names.
+    pub fn build(self) -> Result<Service, Error> {
+        let mut seen = HashSet::new();
+        for p in &self.config.pools {
+            if !seen.insert(p.name.clone()) {
+                return Err(Error::Other(format!("duplicate pool name {:?}", p.name)));
+            }
+        }
+        seen.clear();
+        for p in &self.config.providers {
+            if !seen.insert(p.name.clone()) {
+                return Err(Error::Other(format!(
+                    "duplicate provider name {:?}",
+                    p.name
+                )));
+            }
+        }
+        Ok(Service {
+            config: self.config,
+            hooks: self.hooks,
+        })
+    }
+}
+
+/// A configured service, ready to start.
+pub struct Service {
+    config: Config,
+    hooks: Box<dyn Hooks>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Service {
+    /// A builder starting from a validated config.
+    pub fn builder(config: Config) -> ServiceBuilder {
+        ServiceBuilder {
+            config,
+            hooks: Box::new(NoHooks),
+        }
+    }
+
+    /// Opens every provider, then starts all threads.
+    ///
+    /// # Errors
+    /// A provider that cannot open its source (a corrupt database, a port in
+    /// use), or a thread that cannot be spawned. Nothing keeps running then.
+    pub fn start(self) -> Result<RunningService, Error> {
+        let Service { config, hooks } = self;
+        let m = config.manager.clone();
+        let (del_tx, del_rx) = crossbeam_channel::bounded(m.channel_bound);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+        let (fail_tx, fail_rx) = crossbeam_channel::unbounded();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let draining = Arc::new(AtomicBool::new(false));
+        let types: Arc<HashSet<String>> =
+            Arc::new(config.pools.iter().map(|p| p.name.clone()).collect());
+
+        // Open every provider before any thread runs.
+        let mut providers = config.providers;
+        let mut healths = Vec::new();
+        let mut stores: HashMap<String, Arc<dyn JobStore>> = HashMap::new();
+        for p in &mut providers {
+            let health = Arc::new(Health::new(&p.name));
+            healths.push(health);
+            if let Some(s) = p.provider.store() {
+                stores.insert(p.name.clone(), s);
+            }
+        }
+        let stores = Arc::new(stores);
+        let mut contexts = Vec::new();
+        for (i, p) in providers.iter_mut().enumerate() {
+            let ctx = ProviderContext {
+                index: i,
+                sink: del_tx.clone(),
+                stopping: stopping.clone(),
+                health: healths[i].clone(),
+                types: types.clone(),
+                stores: stores.clone(),
+            };
+            p.provider.open(&ctx)?;
+            contexts.push(ctx);
+        }
+        drop(del_tx);
+
+        let mut pools = Vec::new();
+        for (i, pc) in config.pools.into_iter().enumerate() {
+            let pool = Pool::start(i, pc, m.capture_limit, done_tx.clone(), draining.clone())
+                .map_err(|e| Error::io("spawn pool thread", e))?;
+            pools.push(pool);
+        }
+        drop(done_tx);
+        let aborters: Vec<_> = pools.iter().map(Pool::aborter).collect();
+
+        let failures = spawn("goworker-failures", move || {
+            run_failure_handlers(fail_rx, config.failure_handlers)
+        })?;
+
+        let reader = StatsReader::default();
+        let (finished_tx, finished_rx) = crossbeam_channel::bounded::<()>(0);
+        let mut provider_threads = Vec::new();
+        for (p, ctx) in providers.into_iter().zip(contexts) {
+            let ctl = ctl_tx.clone();
+            let finished = finished_rx.clone();
+            let name = format!("goworker-provider-{}", p.name);
+            provider_threads.push(spawn(&name, move || {
+                run_provider(p.provider, ctx, ctl, finished)
+            })?);
+        }
+
+        let manager = Manager {
+            deliveries: del_rx,
+            done: done_rx,
+            control: ctl_rx,
+            pools,
+            providers: healths.clone(),
+            failures: fail_tx,
+            reader: reader.clone(),
+            stopping: stopping.clone(),
+            draining,
+            shutdown_timeout: m.shutdown_timeout,
+            channel_bound: m.channel_bound,
+            hooks,
+        };
+        let manager = spawn("goworker-manager", move || manager.run())?;
+        log::info!(
+            "goworker started: {} provider(s), {} pool(s)",
+            healths.len(),
+            aborters.len()
+        );
+        Ok(RunningService {
+            control: ctl_tx,
+            reader,
+            healths,
+            aborters: Arc::new(aborters),
+            manager: Some(manager),
+            providers: provider_threads,
+            finished: Some(finished_tx),
+            failures: Some(failures),
+            stopping,
+        })
+    }
+}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, Error> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| Error::io(format!("spawn {name}"), e))
+}
+
+fn run_provider(
+    mut p: Box<dyn Provider>,
+    ctx: ProviderContext,
+    ctl: Sender<Control>,
+    finished: Receiver<()>,
+) {
+    if let Err(e) = p.run(&ctx) {
+        log::error!("provider {}: {e}", ctx.name());
+        ctx.set_down(&e.to_string());
+        let _ = ctl.send(Control::ProviderFailed(ctx.name().to_string()));
+    }
+    // Wait until the manager has settled every delivery, then flush.
+    let _ = finished.recv();
+    p.finish();
+}
+
+fn run_failure_handlers(
+    rx: Receiver<FailureRecord>,
+    mut handlers: Vec<crate::config::HandlerConfig>,
+) {
+    for record in rx {
+        for h in &mut handlers {
+            if let Err(e) = h.handler.handle(&record) {
+                log::error!(
+                    "failure handler {}: job {}: {e}",
+                    h.name,
+                    record.id.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+}
+
+/// A running service: read its stats, stop it, wait for it.
+pub struct RunningService {
+    control: Sender<Control>,
+    reader: StatsReader,
+    healths: Vec<Arc<Health>>,
+    aborters: Arc<Vec<crate::pool::Aborter>>,
+    manager: Option<JoinHandle<ShutdownReport>>,
+    providers: Vec<JoinHandle<()>>,
+    finished: Option<Sender<()>>,
+    failures: Option<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for RunningService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningService").finish()
+    }
+}
+
+/// Asks a running service to stop; cheap to clone, usable from any thread.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    control: Sender<Control>,
+    aborters: Arc<Vec<crate::pool::Aborter>>,
+}
+
+impl ShutdownHandle {
+    /// Begins a graceful shutdown.
+    pub fn shutdown(&self) {
+        let _ = self.control.send(Control::Shutdown);
+    }
+
+    /// Kills running jobs now; they are handed back.
+    pub fn abort(&self) {
+        let _ = self.control.send(Control::Abort);
+    }
+
+    /// Kills the process groups of running jobs from the calling thread,
+    /// without asking the manager (before exiting at once).
+    pub fn kill_running(&self) {
+        for a in self.aborters.iter() {
+            a.abort();
+        }
+    }
+}
+
+impl RunningService {
+    /// The latest stats snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.reader.snapshot()
+    }
+
+    /// A reader for the stats, for servers on other threads.
+    pub fn stats(&self) -> StatsReader {
+        self.reader.clone()
+    }
+
+    /// Each provider's health.
+    pub fn health(&self) -> Vec<Arc<Health>> {
+        self.healths.clone()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// A handle to stop the service from elsewhere (signal handlers).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            control: self.control.clone(),
+            aborters: self.aborters.clone(),
+        }
+    }
+
+    /// Begins a graceful shutdown.
+    pub fn shutdown(&self) {
+        let _ = self.control.send(Control::Shutdown);
+    }
+
+    /// Waits until shutdown completes: every delivery settled, providers
+    /// flushed, failure handlers done.
+    pub fn wait(mut self) -> ShutdownReport {
+        let report = self
+            .manager
+            .take()
+            .and_then(|m| m.join().ok())
+            .unwrap_or_default();
+        drop(self.finished.take());
+        for p in self.providers.drain(..) {
+            let _ = p.join();
+        }
+        if let Some(f) = self.failures.take() {
+            let _ = f.join();
+        }
+        report
+    }
+}
