@@ -2,7 +2,7 @@
 //! else lives in the library.
 
 use clap::{Parser, Subcommand};
-use goworker::{Config, Error, Registry, Service};
+use goworker::{Config, Error, ProviderAdmin, Registry, Service};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -31,6 +31,45 @@ enum Command {
     },
     /// Print every provider, worker and failure handler type with its options.
     Options,
+    /// Submit a job through a configured provider (a file with one job, or
+    /// `-` for one JSON job per line on stdin).
+    Enqueue {
+        /// Config file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Provider name (default: the only provider that takes submissions).
+        #[arg(long)]
+        provider: Option<String>,
+        /// JOB.json, or - for stdin.
+        job: String,
+    },
+    /// Inspect and re-queue dead letters.
+    Dead {
+        /// Config file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Provider name (default: the only provider with dead letters).
+        #[arg(long)]
+        provider: Option<String>,
+        #[command(subcommand)]
+        action: DeadAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadAction {
+    /// Print dead-letter records, newest first, one JSON object a line.
+    List,
+    /// Re-queue one dead letter by job id, or all with --all.
+    Retry {
+        /// The job id.
+        id: Option<String>,
+        /// Re-queue every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete every dead letter.
+    Purge,
 }
 
 /// An error and the exit code it maps to.
@@ -87,7 +126,121 @@ fn run(args: Args) -> Result<(), Failure> {
             print_options(&registry);
             Ok(())
         }
+        Command::Enqueue {
+            config,
+            provider,
+            job,
+        } => {
+            let mut c = load(Some(&config), &registry)?;
+            let admin = admin(&mut c, provider.as_deref())?;
+            enqueue(admin, &job)
+        }
+        Command::Dead {
+            config,
+            provider,
+            action,
+        } => {
+            let mut c = load(Some(&config), &registry)?;
+            let admin = admin(&mut c, provider.as_deref())?;
+            dead(admin, action)
+        }
     }
+}
+
+fn admin<'a>(c: &'a mut Config, name: Option<&str>) -> Result<&'a mut dyn ProviderAdmin, Failure> {
+    let usage = |m: String| Failure {
+        code: 2,
+        message: m,
+    };
+    let index = match name {
+        Some(n) => c
+            .providers
+            .iter()
+            .position(|p| p.name == n)
+            .ok_or_else(|| usage(format!("no provider named {n:?}")))?,
+        None => {
+            let capable: Vec<usize> = (0..c.providers.len())
+                .filter(|i| c.providers[*i].admin().is_some())
+                .collect();
+            match capable.as_slice() {
+                [one] => *one,
+                [] => return Err(usage("no provider in this config supports it".into())),
+                _ => {
+                    return Err(usage(
+                        "several providers could; name one with --provider".into(),
+                    ));
+                }
+            }
+        }
+    };
+    let p = &mut c.providers[index];
+    let (pname, kind) = (p.name.clone(), p.kind.clone());
+    p.admin().ok_or_else(|| {
+        usage(format!(
+            "provider {pname:?} (type {kind}) does not support it"
+        ))
+    })
+}
+
+fn enqueue(admin: &mut dyn ProviderAdmin, job: &str) -> Result<(), Failure> {
+    let payloads: Vec<Vec<u8>> = if job == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| Failure {
+            code: 1,
+            message: format!("stdin: {e}"),
+        })?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.as_bytes().to_vec())
+            .collect()
+    } else {
+        vec![std::fs::read(job).map_err(|e| Failure {
+            code: 1,
+            message: format!("{job}: {e}"),
+        })?]
+    };
+    for (n, payload) in payloads.iter().enumerate() {
+        // Refuse what would only be dead-lettered, before it is stored.
+        if let Err(m) = goworker::Job::parse(payload) {
+            let at = if job == "-" {
+                format!("stdin line {}", n + 1)
+            } else {
+                job.to_string()
+            };
+            return Err(Failure {
+                code: 1,
+                message: format!("{at}: {}", m.reason),
+            });
+        }
+        let id = admin.enqueue(payload)?;
+        println!("{id}");
+    }
+    Ok(())
+}
+
+fn dead(admin: &mut dyn ProviderAdmin, action: DeadAction) -> Result<(), Failure> {
+    match action {
+        DeadAction::List => {
+            for r in admin.dead_list()? {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            }
+        }
+        DeadAction::Retry { id, all } => {
+            let n = match (id.as_deref(), all) {
+                (Some(id), false) => admin.dead_retry(Some(id))?,
+                (None, true) => admin.dead_retry(None)?,
+                _ => {
+                    return Err(Failure {
+                        code: 2,
+                        message: "give a job id or --all".into(),
+                    });
+                }
+            };
+            println!("re-queued {n} job(s)");
+        }
+        DeadAction::Purge => println!("purged {} dead letter(s)", admin.dead_purge()?),
+    }
+    Ok(())
 }
 
 fn load(path: Option<&Path>, registry: &Registry) -> Result<Config, Failure> {

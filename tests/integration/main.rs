@@ -1,0 +1,6 @@
+//! One integration test binary (see STYLE.md): real processes, real
+//! signals, real sockets, a real redis-server.
+
+mod util;
+
+mod core;

@@ -1,0 +1,248 @@
+//! Helpers: run the real `goworker` binary in a temp dir, start a real
+//! redis-server on a free loopback port, poll until a deadline.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous deadline for things that should take a moment (avoids hangs;
+/// never a timing assertion).
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn goworker_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_goworker"))
+}
+
+/// Polls `f` every 20 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("goworker-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// Writes an executable script into `dir`.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// A running `goworker` process, killed on drop.
+pub struct Goworker {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Goworker {
+    /// Writes `config` to `dir/config.yaml` and runs `goworker run` in `dir`.
+    pub fn start(dir: &Path, config: &str) -> Goworker {
+        Goworker::start_with_env(dir, config, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Goworker {
+        let cfg = dir.join("config.yaml");
+        std::fs::write(&cfg, config).expect("write config");
+        let log = dir.join(format!(
+            "goworker-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(goworker_bin())
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .current_dir(dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn goworker");
+        let g = Goworker {
+            child,
+            dir: dir.to_path_buf(),
+            log,
+        };
+        assert!(
+            wait_until(PATIENCE, || g.log_text().contains("goworker started")
+                || g.exited()),
+            "goworker did not start:\n{}",
+            g.log_text()
+        );
+        g
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn exited(&self) -> bool {
+        // SAFETY: kill with signal 0 only checks the process exists.
+        let alive = unsafe { libc::kill(self.pid(), 0) } == 0;
+        !alive || self.log_text().contains("goworker: ")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+}
+
+impl Drop for Goworker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `goworker ARGS` to completion: (exit code, stdout, stderr).
+pub fn goworker(args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = Command::new(goworker_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run goworker");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A real redis-server on a free loopback port, without persistence,
+/// stopped on drop.
+pub struct Redis {
+    pub child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let dir = temp_dir();
+        let port = free_port();
+        Redis::start_on(port, dir)
+    }
+
+    /// Starts (or restarts) a server on `port`.
+    pub fn start_on(port: u16, dir: tempfile::TempDir) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run `make test`, which installs it");
+        let r = Redis { child, port, dir };
+        assert!(
+            wait_until(PATIENCE, || r.ping()),
+            "redis-server did not start on port {port}"
+        );
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        self.cmd(&["PING"])
+            .map(|r| r.contains("PONG"))
+            .unwrap_or(false)
+    }
+
+    /// Runs one command with a tiny RESP client; returns the raw reply.
+    pub fn cmd(&self, args: &[&str]) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        s.write_all(req.as_bytes())?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        Ok(line)
+    }
+
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, temp_dir())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
