@@ -98,12 +98,16 @@ impl Registry {
         }
     }
 
-    /// The built-in types: workers `cli` and `noop`, failure handler `file`.
+    /// The built-in types: workers `cli`, `http` and `noop`, failure
+    /// handlers `file`, `http` and `cli`.
     pub fn with_builtins() -> Registry {
         let mut r = Registry::new();
         r.register_worker::<crate::worker::cli::Cli>();
+        r.register_worker::<crate::worker::http::Http>();
         r.register_worker::<crate::worker::noop::Noop>();
         r.register_failure_handler::<crate::failure::file::FileHandlerType>();
+        r.register_failure_handler::<crate::failure::http::HttpHandlerType>();
+        r.register_failure_handler::<crate::failure::cli::CliHandlerType>();
         r
     }
 

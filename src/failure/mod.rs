@@ -3,9 +3,13 @@
 //! webhook never stalls the manager, and a failing handler is logged and
 //! never costs the dead-letter record.
 //!
-//! - [`file`]: appends one JSON line per failed job.
+//! - [`file`]: appends one JSON line per failed job, rotated at a size.
+//! - [`http`]: POSTs the record as JSON to a webhook, with retries.
+//! - [`cli`]: runs a command with the record as JSON on stdin.
 
+pub(crate) mod cli;
 pub(crate) mod file;
+pub(crate) mod http;
 
 use crate::job::FailureRecord;
 use serde::de::DeserializeOwned;

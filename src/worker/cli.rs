@@ -88,7 +88,7 @@ struct CliParams {
 }
 
 /// Resolves a command the way execvp would, then follows symlinks.
-fn resolve(command: &str) -> Option<PathBuf> {
+pub(crate) fn resolve(command: &str) -> Option<PathBuf> {
     let candidate = if command.contains('/') {
         PathBuf::from(command)
     } else {
@@ -133,7 +133,18 @@ impl Worker for CliWorker {
         } else {
             2048
         };
-        match self.spawn_and_wait(&program, &params, ctx, limit) {
+        let spawn = Spawn {
+            program: &program,
+            arg0: &params.command,
+            args: &params.params,
+            env: &params.env,
+            inherit_env: self.inherit_env,
+            cwd: params.cwd.as_deref(),
+            stdin: params.stdin.clone().map(String::into_bytes),
+            timeout: ctx.timeout(),
+            limit,
+        };
+        match spawn_and_wait(spawn, &|g| ctx.set_process_group(g)) {
             Ok(run) => run.into_outcome(job.capture_output, ctx),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Outcome::fatal(format!("command not found: {}", params.command))
@@ -143,14 +154,29 @@ impl Worker for CliWorker {
     }
 }
 
-struct Run {
-    status: Option<ExitStatus>,
-    timed_out: Option<Duration>,
-    output: Vec<u8>,
-    truncated: bool,
+/// How a command run ended.
+pub(crate) struct Run {
+    /// Its exit status (`None` when it timed out).
+    pub(crate) status: Option<ExitStatus>,
+    /// Set when it was killed at its timeout.
+    pub(crate) timed_out: Option<Duration>,
+    /// Kept stdout and stderr.
+    pub(crate) output: Vec<u8>,
+    /// Whether output past the limit was dropped.
+    pub(crate) truncated: bool,
 }
 
 impl Run {
+    /// The last non-blank output line, for error messages.
+    pub(crate) fn last_line(&self) -> String {
+        String::from_utf8_lossy(&self.output)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .to_string()
+    }
+
     fn into_outcome(self, capture: bool, ctx: &JobContext) -> Outcome {
         let mut text = String::from_utf8_lossy(&self.output).into_owned();
         if self.truncated {
@@ -190,55 +216,68 @@ impl Run {
     }
 }
 
-impl CliWorker {
-    fn spawn_and_wait(
-        &self,
-        program: &Path,
-        p: &CliParams,
-        ctx: &JobContext,
-        limit: usize,
-    ) -> std::io::Result<Run> {
-        let (reader, writer) = std::io::pipe()?;
-        let mut child = {
-            let mut cmd = Command::new(program);
-            cmd.arg0(&p.command).args(&p.params).process_group(0);
-            if !self.inherit_env {
-                cmd.env_clear();
-            }
-            cmd.envs(&p.env);
-            if let Some(dir) = &p.cwd {
-                cmd.current_dir(dir);
-            }
-            cmd.stdin(if p.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            });
-            cmd.stdout(writer.try_clone()?).stderr(writer);
-            cmd.spawn()?
-            // `cmd` drops here, closing our copies of the pipe's write end.
-        };
-        let pgid = child.id() as i32;
-        ctx.set_process_group(Some(pgid));
-        if let (Some(data), Some(mut stdin)) = (p.stdin.clone(), child.stdin.take()) {
-            // A thread, so a command that writes before reading cannot
-            // deadlock against us; it ends when the command closes stdin.
-            let _ = std::thread::Builder::new()
-                .name("goworker-cli-stdin".into())
-                .spawn(move || stdin.write_all(data.as_bytes()));
+/// One command to run: what the `cli` worker and the `cli` failure
+/// handler both spawn.
+pub(crate) struct Spawn<'a> {
+    /// The resolved program.
+    pub(crate) program: &'a Path,
+    /// argv[0] as the caller wrote it.
+    pub(crate) arg0: &'a str,
+    pub(crate) args: &'a [String],
+    pub(crate) env: &'a BTreeMap<String, String>,
+    pub(crate) inherit_env: bool,
+    pub(crate) cwd: Option<&'a Path>,
+    /// Written to the command's stdin from a helper thread; `None`: /dev/null.
+    pub(crate) stdin: Option<Vec<u8>>,
+    pub(crate) timeout: Option<Duration>,
+    /// Output bytes kept.
+    pub(crate) limit: usize,
+}
+
+/// Runs a command in its own process group and waits for it (or its
+/// timeout), keeping up to `limit` bytes of stdout and stderr together.
+/// `on_group` is told the process group while it runs, then `None`.
+pub(crate) fn spawn_and_wait(s: Spawn<'_>, on_group: &dyn Fn(Option<i32>)) -> std::io::Result<Run> {
+    let (reader, writer) = std::io::pipe()?;
+    let mut child = {
+        let mut cmd = Command::new(s.program);
+        cmd.arg0(s.arg0).args(s.args).process_group(0);
+        if !s.inherit_env {
+            cmd.env_clear();
         }
-        let result = wait(&mut child, reader, ctx.timeout(), limit);
-        // Kill whatever the command left behind in its group, before the
-        // leader is reaped so the group id cannot have been reused.
-        kill_process_group(pgid);
-        let status = child.wait();
-        ctx.set_process_group(None);
-        let mut run = result?;
-        if run.timed_out.is_none() {
-            run.status = Some(status?);
+        cmd.envs(s.env);
+        if let Some(dir) = s.cwd {
+            cmd.current_dir(dir);
         }
-        Ok(run)
+        cmd.stdin(if s.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        cmd.stdout(writer.try_clone()?).stderr(writer);
+        cmd.spawn()?
+        // `cmd` drops here, closing our copies of the pipe's write end.
+    };
+    let pgid = child.id() as i32;
+    on_group(Some(pgid));
+    if let (Some(data), Some(mut stdin)) = (s.stdin, child.stdin.take()) {
+        // A thread, so a command that writes before reading cannot
+        // deadlock against us; it ends when the command closes stdin.
+        let _ = std::thread::Builder::new()
+            .name("goworker-cli-stdin".into())
+            .spawn(move || stdin.write_all(&data));
     }
+    let result = wait(&mut child, reader, s.timeout, s.limit);
+    // Kill whatever the command left behind in its group, before the
+    // leader is reaped so the group id cannot have been reused.
+    kill_process_group(pgid);
+    let status = child.wait();
+    on_group(None);
+    let mut run = result?;
+    if run.timed_out.is_none() {
+        run.status = Some(status?);
+    }
+    Ok(run)
 }
 
 /// Waits for the child to exit (or the deadline), reading its output.

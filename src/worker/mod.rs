@@ -3,9 +3,11 @@
 //! (a connection, a cache) as GoWorker's did.
 //!
 //! - [`cli`]: runs an allow-listed command, argv only, no shell.
+//! - [`http`]: calls a URL on an allow-listed host.
 //! - [`noop`]: succeeds at once (benchmarks, tests).
 
 pub(crate) mod cli;
+pub(crate) mod http;
 pub(crate) mod noop;
 
 use crate::job::{Job, Outcome};

@@ -1,0 +1,163 @@
+//! The `cli` failure handler: runs an operator's command (a pager script, a
+//! ticket tool) with the failure record as JSON on stdin.
+//!
+//! The command is named in the config, not by a job, so it is the allow
+//! list: exactly that program runs, with argv and never a shell, in its
+//! own process group (killed with everything it started at `timeout`).
+//! Spawning and waiting are the `cli` worker's.
+
+use super::{FailureHandler, FailureHandlerType};
+use crate::job::FailureRecord;
+use crate::worker::cli::{Spawn, resolve, spawn_and_wait};
+use crate::worker::http::parse_duration;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options of the `cli` failure handler.
+#[derive(Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct CliHandlerOptions {
+    /// The program to run: an absolute path, or a name looked up in PATH when the handler starts. Required.
+    pub(crate) command: Option<String>,
+    /// Its arguments (argv, no shell).
+    pub(crate) args: Vec<String>,
+    /// Extra environment variables.
+    pub(crate) env: BTreeMap<String, String>,
+    /// Whether it inherits the service's environment.
+    pub(crate) inherit_env: bool,
+    /// Working directory. Default: the service's.
+    pub(crate) cwd: Option<PathBuf>,
+    /// Limit on one run; the command's process group is killed then.
+    pub(crate) timeout: String,
+}
+
+impl Default for CliHandlerOptions {
+    fn default() -> CliHandlerOptions {
+        CliHandlerOptions {
+            command: None,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            inherit_env: true,
+            cwd: None,
+            timeout: "30s".into(),
+        }
+    }
+}
+
+/// The `cli` failure handler type.
+#[derive(Debug)]
+pub(crate) struct CliHandlerType;
+
+impl FailureHandlerType for CliHandlerType {
+    type Options = CliHandlerOptions;
+    const TYPE: &'static str = "cli";
+    const DESCRIPTION: &'static str =
+        "runs the configured command (argv, no shell) with the failure record as JSON on stdin";
+
+    fn build(_name: &str, o: CliHandlerOptions) -> Result<Box<dyn FailureHandler>, String> {
+        let command = o.command.ok_or("command: required")?;
+        if command.is_empty() {
+            return Err("command: empty".into());
+        }
+        Ok(Box::new(CliHandler {
+            command,
+            args: o.args,
+            env: o.env,
+            inherit_env: o.inherit_env,
+            cwd: o.cwd,
+            timeout: parse_duration("timeout", &o.timeout)?,
+        }))
+    }
+}
+
+struct CliHandler {
+    command: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    inherit_env: bool,
+    cwd: Option<PathBuf>,
+    timeout: Duration,
+}
+
+impl FailureHandler for CliHandler {
+    fn handle(&mut self, record: &FailureRecord) -> Result<(), String> {
+        let json = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+        let program =
+            resolve(&self.command).ok_or_else(|| format!("command not found: {}", self.command))?;
+        let spawn = Spawn {
+            program: &program,
+            arg0: &self.command,
+            args: &self.args,
+            env: &self.env,
+            inherit_env: self.inherit_env,
+            cwd: self.cwd.as_deref(),
+            stdin: Some(json),
+            timeout: Some(self.timeout),
+            limit: 4096,
+        };
+        let run = spawn_and_wait(spawn, &|_| {}).map_err(|e| format!("{}: {e}", self.command))?;
+        if run.timed_out.is_some() {
+            return Err(format!(
+                "{}: timed out after {}",
+                self.command,
+                humantime::format_duration(self.timeout)
+            ));
+        }
+        match run.status {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => {
+                let last = run.last_line();
+                let mut m = format!("{}: {s}", self.command);
+                if !last.is_empty() {
+                    m.push_str(": ");
+                    m.push_str(&last);
+                }
+                Err(m)
+            }
+            None => Err(format!("{}: ended abnormally", self.command)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Job;
+
+    fn handler(command: &str, args: &[&str]) -> Box<dyn FailureHandler> {
+        CliHandlerType::build(
+            "cli",
+            CliHandlerOptions {
+                command: Some(command.into()),
+                args: args.iter().map(|s| s.to_string()).collect(),
+                ..CliHandlerOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn record_reaches_stdin_and_failures_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("record.json");
+        let job = Job::new("http", serde_json::json!({"url": "http://x/"}));
+        let rec = FailureRecord::for_job("memory", &job, "HTTP 404 Not Found", None);
+        let script = format!("cat > '{}'", out.display());
+        handler("sh", &["-c", &script]).handle(&rec).unwrap();
+        let got: FailureRecord = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(got, rec);
+
+        let err = handler("sh", &["-c", "cat >/dev/null; echo nope >&2; exit 4"])
+            .handle(&rec)
+            .unwrap_err();
+        assert!(
+            err.contains("exit status: 4") && err.ends_with("nope"),
+            "{err}"
+        );
+        let err = handler("no-such-handler-cmd", &[])
+            .handle(&rec)
+            .unwrap_err();
+        assert!(err.starts_with("command not found"), "{err}");
+    }
+}
