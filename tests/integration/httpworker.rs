@@ -1,0 +1,557 @@
+//! The `http` worker and the failure handlers, end to end: jobs go through
+//! an in-process `Service` (memory provider, pools and handlers built from
+//! YAML by the real registry) against real tiny_http servers on loopback.
+
+use crate::util::*;
+use goworker::{
+    Config, FailureRecord, Job, MemoryHandle, MemoryProvider, Registry, Report, RunningService,
+    Service, Settled,
+};
+use serde_json::json;
+use std::collections::{BTreeMap, HashSet};
+use std::io::ErrorKind;
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+/// Manager settings for tests: no stats server, quick deterministic retries.
+const MANAGER: &str = "manager:
+  stats_listen: null
+  shutdown_timeout: 5s
+  retry: { base: 10ms, max: 50ms, jitter: none }
+";
+
+struct Running {
+    service: Option<RunningService>,
+    handle: MemoryHandle,
+}
+
+impl Running {
+    fn start(rest: &str) -> Running {
+        let yaml = format!("{MANAGER}{rest}");
+        let config = Config::parse(&yaml, &Registry::with_builtins())
+            .unwrap_or_else(|e| panic!("config: {e}\n{yaml}"));
+        let (provider, handle) = MemoryProvider::new();
+        let service = Service::builder(config)
+            .provider("memory", provider)
+            .build()
+            .expect("build")
+            .start()
+            .expect("start");
+        Running {
+            service: Some(service),
+            handle,
+        }
+    }
+
+    fn submit(&self, params: serde_json::Value, retries: u32) -> String {
+        let mut job = Job::new("http", params);
+        job.retries = retries;
+        job.capture_output = true;
+        self.handle.submit(job).expect("submit")
+    }
+
+    fn settle(&self) -> Settled {
+        self.handle
+            .settled()
+            .recv_timeout(PATIENCE)
+            .expect("a job settled in time")
+    }
+
+    fn succeeded(&self) -> Report {
+        match self.settle() {
+            Settled::Succeeded(r) => r,
+            other => panic!("expected success, got {other:?}"),
+        }
+    }
+
+    fn failed(&self) -> (Report, FailureRecord) {
+        match self.settle() {
+            Settled::Failed(r, rec) => (r, *rec),
+            other => panic!("expected failure, got {other:?}"),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.service.take() {
+            s.shutdown();
+            s.wait();
+        }
+    }
+}
+
+fn pool(allow: &str) -> String {
+    format!(
+        "workers:
+  - type: http
+    count: 2
+    allow_hosts: [{allow}]
+    max_redirects: 3
+"
+    )
+}
+
+/// A port where nothing listens (bound, then released).
+fn closed_port() -> u16 {
+    free_port()
+}
+
+#[test]
+fn sends_method_headers_json_body_and_url_params_exactly() {
+    let server = HttpServer::start(|_, _| Reply::status(200).body("accepted ✓"));
+    let run = Running::start(&pool("127.0.0.1"));
+    let body =
+        json!({"name": "zoë", "list": [1, 2.5, "three"], "nested": {"ok": true}, "none": null});
+    let params = BTreeMap::from([
+        ("q".to_string(), "hello world".to_string()),
+        ("u".to_string(), "naïve ☃ 日本".to_string()),
+        ("amp".to_string(), "a&b=c?d#e".to_string()),
+        ("plus".to_string(), "1+1 = 2%".to_string()),
+    ]);
+    let id = run.submit(
+        json!({"method": "PUT", "url": server.url("/hook/path"),
+               "headers": {"X-Trace": "abc 123", "Authorization": "Bearer t0k"},
+               "body": body, "url_params": params}),
+        0,
+    );
+    let report = run.succeeded();
+    assert_eq!(report.id, id);
+    assert_eq!(report.output.as_deref(), Some("accepted ✓"));
+
+    // A string body goes as is, with the job's own content type.
+    run.submit(
+        json!({"method": "post", "url": server.url("/raw?keep=1"),
+               "headers": {"Content-Type": "text/plain; charset=utf-8"},
+               "body": "line one\n{not json}", "url_params": {"n": 7, "flag": true}}),
+        0,
+    );
+    run.succeeded();
+
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    let put = &seen[0];
+    assert_eq!(put.method, "PUT");
+    assert_eq!(put.path(), "/hook/path");
+    let got: BTreeMap<String, String> = put.query().into_iter().collect();
+    assert_eq!(got, params);
+    assert_eq!(put.header("x-trace"), Some("abc 123"));
+    assert_eq!(put.header("authorization"), Some("Bearer t0k"));
+    assert_eq!(put.header("content-type"), Some("application/json"));
+    let sent: serde_json::Value = serde_json::from_slice(&put.body).expect("JSON body");
+    assert_eq!(sent, body);
+
+    let post = &seen[1];
+    assert_eq!(post.method, "POST");
+    assert_eq!(post.path(), "/raw");
+    assert_eq!(
+        post.query(),
+        vec![
+            ("keep".to_string(), "1".to_string()),
+            ("flag".to_string(), "true".to_string()),
+            ("n".to_string(), "7".to_string()),
+        ]
+    );
+    assert_eq!(
+        post.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(post.body, b"line one\n{not json}");
+}
+
+#[test]
+fn a_500_is_retried_once_then_succeeds() {
+    let server = HttpServer::start(|_, n| {
+        if n == 0 {
+            Reply::status(500).body("database busy")
+        } else {
+            Reply::status(200).body("done")
+        }
+    });
+    let run = Running::start(&pool("127.0.0.1"));
+    run.submit(json!({"url": server.url("/flaky")}), 3);
+    let report = run.succeeded();
+    assert_eq!(report.attempts, 2);
+    assert_eq!(report.output.as_deref(), Some("done"));
+    assert_eq!(server.count(), 2);
+    assert!(run.handle.dead_letters().is_empty());
+}
+
+#[test]
+fn a_404_is_final_without_retry() {
+    let server = HttpServer::start(|_, _| Reply::status(404).body("no such thing"));
+    let run = Running::start(&pool("127.0.0.1"));
+    run.submit(json!({"url": server.url("/missing")}), 3);
+    let (report, record) = run.failed();
+    assert_eq!(report.attempts, 1);
+    assert_eq!(
+        record.error, "HTTP 404 Not Found: no such thing",
+        "{record:?}"
+    );
+    assert_eq!(record.output.as_deref(), Some("no such thing"));
+    assert_eq!(server.count(), 1);
+    assert_eq!(run.handle.dead_letters(), vec![record]);
+}
+
+#[test]
+fn a_timeout_and_a_refused_connection_are_retried() {
+    let server = HttpServer::start(|_, _| Reply::status(200).delay(Duration::from_secs(5)));
+    let run = Running::start(&pool("127.0.0.1"));
+    let mut job = Job::new("http", json!({"url": server.url("/slow")}));
+    job.retries = 1;
+    job.timeout = Some(Duration::from_millis(300));
+    run.handle.submit(job).unwrap();
+    let (report, record) = run.failed();
+    assert_eq!(report.attempts, 2, "{record:?}");
+    assert_eq!(record.error, "timed out after 300ms");
+    assert_eq!(server.count(), 2);
+
+    let port = closed_port();
+    run.submit(json!({"url": format!("http://127.0.0.1:{port}/")}), 2);
+    let (report, record) = run.failed();
+    assert_eq!(report.attempts, 3, "{record:?}");
+    assert!(
+        record.error.starts_with(&format!("127.0.0.1:{port}: ")),
+        "{}",
+        record.error
+    );
+}
+
+#[test]
+fn a_redirect_loop_stops_at_max_redirects() {
+    let server = HttpServer::start(|_, _| Reply::status(302).header("Location", "/loop"));
+    let run = Running::start(&pool("127.0.0.1"));
+    run.submit(
+        json!({"method": "POST", "url": server.url("/start"), "body": {"a": 1}}),
+        2,
+    );
+    let (report, record) = run.failed();
+    assert_eq!(report.attempts, 1, "final at once: {record:?}");
+    assert!(
+        record
+            .error
+            .starts_with("too many redirects: stopped after 3 (max_redirects 3)"),
+        "{}",
+        record.error
+    );
+    let seen = server.seen();
+    assert_eq!(seen.len(), 4, "the first request and 3 redirects");
+    assert_eq!(seen[0].path(), "/start");
+    // 302 after a POST continues as a bodyless GET.
+    assert!(
+        seen[1..]
+            .iter()
+            .all(|s| s.path() == "/loop" && s.method == "GET")
+    );
+
+    // A redirect that stays allowed is followed to its end.
+    let target = HttpServer::start(|_, _| Reply::status(200).body("landed"));
+    let to = target.url("/end");
+    let hop = HttpServer::start(move |_, _| Reply::status(307).header("Location", &to));
+    run.submit(json!({"url": hop.url("/go")}), 0);
+    assert_eq!(run.succeeded().output.as_deref(), Some("landed"));
+}
+
+/// A listener that reports whether anyone connected to it.
+struct Watched(TcpListener);
+
+impl Watched {
+    fn bind() -> Watched {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        Watched(l)
+    }
+
+    fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().port()
+    }
+
+    fn connected(&self) -> bool {
+        match self.0.accept() {
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_host_not_on_allow_hosts_is_refused_without_connecting() {
+    let watched = Watched::bind();
+    let port = watched.port();
+    let url = format!("http://127.0.0.1:{port}/secret");
+    // Allowed: another port of the same host, and a host by name.
+    let run = Running::start(&format!(
+        "workers:
+  - type: http
+    allow_hosts: [\"127.0.0.1:1\", localhost]
+  - type: http
+    name: http-default
+"
+    ));
+    run.submit(json!({"url": url}), 3);
+    let (report, record) = run.failed();
+    assert_eq!(report.attempts, 1);
+    assert_eq!(
+        record.error,
+        format!("host not allowed: 127.0.0.1:{port} is not in allow_hosts")
+    );
+
+    // The default (empty) allow list calls nothing at all.
+    let mut job = Job::new("http-default", json!({"url": url}));
+    job.retries = 3;
+    run.handle.submit(job).unwrap();
+    let (report, record) = run.failed();
+    assert_eq!(report.attempts, 1);
+    assert!(
+        record.error.starts_with("host not allowed"),
+        "{}",
+        record.error
+    );
+
+    // A redirect to a host that is not allowed is refused before connecting.
+    let to = url.clone();
+    let hop = HttpServer::start(move |_, _| Reply::status(302).header("Location", &to));
+    let run2 = Running::start(&format!(
+        "workers:\n  - type: http\n    allow_hosts: [\"127.0.0.1:{}\"]\n",
+        hop.port
+    ));
+    run2.submit(json!({"url": hop.url("/bounce")}), 3);
+    let (report, record) = run2.failed();
+    assert_eq!(report.attempts, 1);
+    assert!(
+        record.error.starts_with("host not allowed"),
+        "{}",
+        record.error
+    );
+    assert_eq!(hop.count(), 1);
+
+    assert!(!watched.connected(), "a refused host saw a connection");
+}
+
+/// The complete lines of a JSON-lines file (one being written may end in
+/// a partial line, which is not counted yet).
+fn raw_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+        .map(str::to_string)
+        .collect()
+}
+
+fn read_lines(path: &Path) -> Vec<FailureRecord> {
+    raw_lines(path)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
+/// The record as handlers must write it, byte for byte (comparing text
+/// avoids serde_json's last-digit float parsing differences).
+fn text(record: &FailureRecord) -> String {
+    serde_json::to_string(record).unwrap()
+}
+
+#[test]
+fn each_failure_handler_receives_the_record() {
+    let dir = temp_dir();
+    let file = dir.path().join("failures/records.jsonl");
+    let cli_out = dir.path().join("cli.json");
+    let app = HttpServer::start(|_, _| Reply::status(404).body("gone"));
+    // The webhook fails once: the handler's own retry delivers the record.
+    let hook = HttpServer::start(|_, n| Reply::status(if n == 0 { 503 } else { 204 }));
+    let run = Running::start(&format!(
+        "{}failure_handlers:
+  - type: file
+    path: {file}
+  - type: http
+    url: {hook_url}
+    headers: {{ Authorization: Bearer hook-secret }}
+    retry_delay: 10ms
+  - type: cli
+    command: sh
+    args: [-c, 'cat > \"$OUT\"']
+    env: {{ OUT: {cli_out} }}
+",
+        pool("127.0.0.1"),
+        file = file.display(),
+        hook_url = hook.url("/hook"),
+        cli_out = cli_out.display(),
+    ));
+    let id = run.submit(json!({"url": app.url("/x"), "headers": {"X-A": "1"}}), 0);
+    let (_, record) = run.failed();
+    assert_eq!(record.id.as_deref(), Some(id.as_str()));
+    assert_eq!(record.error, "HTTP 404 Not Found: gone");
+    assert_eq!(record.attempts, 1);
+    assert_eq!(record.provider, "memory");
+    assert_eq!(
+        record.job.as_ref().unwrap()["params"]["headers"]["X-A"],
+        "1"
+    );
+
+    assert!(wait_until(PATIENCE, || cli_out.exists()
+        && read_lines(&file).len() == 1
+        && hook.count() == 2));
+    assert_eq!(raw_lines(&file), vec![text(&record)]);
+    let posts = hook.seen();
+    assert!(
+        posts
+            .iter()
+            .all(|p| p.method == "POST" && p.path() == "/hook")
+    );
+    assert_eq!(posts[1].header("content-type"), Some("application/json"));
+    assert_eq!(posts[1].header("authorization"), Some("Bearer hook-secret"));
+    assert_eq!(String::from_utf8_lossy(&posts[1].body), text(&record));
+    assert!(wait_until(PATIENCE, || {
+        std::fs::read_to_string(&cli_out).is_ok_and(|t| t == text(&record))
+    }));
+}
+
+#[test]
+fn the_file_handler_keeps_one_line_per_failure_from_4_threads() {
+    let dir = temp_dir();
+    let file = dir.path().join("failures.jsonl");
+    let watched = Watched::bind();
+    let run = Running::start(&format!(
+        "workers:
+  - type: http
+    count: 4
+    allow_hosts: [\"127.0.0.1:1\"]
+failure_handlers:
+  - type: file
+    path: {}
+",
+        file.display()
+    ));
+    let url = format!("http://127.0.0.1:{}/", watched.port());
+    let submitters: Vec<_> = (0..4)
+        .map(|_| {
+            let handle = run.handle.clone();
+            let url = url.clone();
+            std::thread::spawn(move || {
+                (0..250)
+                    .map(|_| {
+                        handle
+                            .submit(Job::new("http", json!({"url": url})))
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let ids: HashSet<String> = submitters
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1000);
+    for _ in 0..1000 {
+        assert!(matches!(run.settle(), Settled::Failed(..)));
+    }
+    assert!(
+        wait_until(Duration::from_secs(120), || read_lines(&file).len() >= 1000),
+        "{} lines",
+        read_lines(&file).len()
+    );
+    let lines = read_lines(&file);
+    assert_eq!(lines.len(), 1000);
+    let written: HashSet<String> = lines.into_iter().filter_map(|r| r.id).collect();
+    assert_eq!(written, ids);
+    assert!(!watched.connected());
+}
+
+#[test]
+fn a_failing_handler_does_not_lose_the_dead_letter() {
+    let dir = temp_dir();
+    let good = dir.path().join("good.jsonl");
+    let app = HttpServer::start(|_, _| Reply::status(400).body("bad request"));
+    let run = Running::start(&format!(
+        "{}failure_handlers:
+  - type: file
+    path: {dir}
+  - type: http
+    url: http://127.0.0.1:{port}/hook
+    retries: 1
+    retry_delay: 10ms
+  - type: cli
+    command: sh
+    args: [-c, 'exit 3']
+  - type: file
+    name: good
+    path: {good}
+",
+        pool("127.0.0.1"),
+        dir = dir.path().display(),
+        port = closed_port(),
+        good = good.display(),
+    ));
+    let id = run.submit(json!({"url": app.url("/")}), 2);
+    let (report, record) = run.failed();
+    assert_eq!(report.attempts, 1);
+    assert_eq!(record.id.as_deref(), Some(id.as_str()));
+    assert_eq!(run.handle.dead_letters(), vec![record.clone()]);
+    // Every handler ran: the last one still got the record.
+    assert!(wait_until(PATIENCE, || read_lines(&good).len() == 1));
+    assert_eq!(raw_lines(&good), vec![text(&record)]);
+    // And the service carries on.
+    let ok = HttpServer::start(|_, _| Reply::status(200));
+    run.submit(json!({"url": ok.url("/")}), 0);
+    run.succeeded();
+}
+
+#[test]
+fn the_binary_knows_the_http_worker_and_handlers_and_checks_their_options() {
+    let dir = temp_dir();
+    let (code, out, err) = goworker(&["options"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    for word in [
+        "allow_hosts",
+        "retry_on",
+        "max_redirects",
+        "connect_timeout",
+        "max_size",
+        "retry_delay",
+    ] {
+        assert!(
+            out.contains(word),
+            "`goworker options` lacks {word}:\n{out}"
+        );
+    }
+    for (yaml, want) in [
+        (
+            "workers:\n  - type: http\n    allow_hosts: [\"host:port\"]\n",
+            "allow_hosts[0]",
+        ),
+        (
+            "workers:\n  - type: http\n    retry_on: [\"6xx\"]\n",
+            "retry_on[0]",
+        ),
+        (
+            "workers:\n  - type: http\n    connect_timeout: soon\n",
+            "connect_timeout",
+        ),
+        ("failure_handlers:\n  - type: http\n", "url: required"),
+        ("failure_handlers:\n  - type: cli\n", "command: required"),
+    ] {
+        std::fs::write(dir.path().join("bad.yaml"), yaml).unwrap();
+        let (code, _, err) = goworker(&["check", "-c", "bad.yaml"], dir.path());
+        assert_eq!(code, 2, "{yaml}");
+        assert!(err.contains(want), "{yaml}: {err}");
+    }
+    // A good config starts the real binary.
+    let mut g = Goworker::start(
+        dir.path(),
+        &format!(
+            "{MANAGER}workers:\n  - type: http\n    allow_hosts: [\"127.0.0.1\"]\nfailure_handlers:\n  - type: http\n    url: http://127.0.0.1:{}/\n",
+            closed_port()
+        ),
+    );
+    g.sigterm();
+    assert_eq!(
+        g.wait_exit(PATIENCE).and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        g.log_text()
+    );
+}
