@@ -282,14 +282,14 @@ fn a_host_not_on_allow_hosts_is_refused_without_connecting() {
     let port = watched.port();
     let url = format!("http://127.0.0.1:{port}/secret");
     // Allowed: another port of the same host, and a host by name.
-    let run = Running::start(&format!(
+    let run = Running::start(
         "workers:
   - type: http
     allow_hosts: [\"127.0.0.1:1\", localhost]
   - type: http
     name: http-default
-"
-    ));
+",
+    );
     run.submit(json!({"url": url}), 3);
     let (report, record) = run.failed();
     assert_eq!(report.attempts, 1);
