@@ -225,6 +225,7 @@ impl WorkerType for Http {
     fn new_worker(&self) -> Box<dyn Worker> {
         Box::new(HttpWorker {
             agent: agent(self.connect_timeout, self.timeout),
+            connect_timeout: self.connect_timeout,
             timeout: self.timeout,
             allow: self.allow.clone(),
             retry_on: self.retry_on.clone(),
@@ -233,14 +234,31 @@ impl WorkerType for Http {
     }
 }
 
+/// Sets every phase timeout of a ureq config builder (agent or request
+/// scope: ureq seals the scope trait, so a function cannot take both).
+macro_rules! phases {
+    ($b:expr, $connect:expr, $t:expr) => {{
+        let t = Some($t);
+        $b.timeout_connect(Some($connect.min($t)))
+            .timeout_send_request(t)
+            .timeout_send_body(t)
+            .timeout_recv_response(t)
+            .timeout_recv_body(t)
+    }};
+}
+
 /// A blocking client that follows no redirects itself and returns every
 /// status as a response.
+///
+/// `timeout` bounds each phase (connecting, sending, waiting for the
+/// response, reading the body); the worker checks the attempt's deadline
+/// as a whole between phases and body reads. ureq's single global timeout
+/// would do that too, but it costs ~60 µs a request on loopback (measured;
+/// see BENCHMARKS.md), more than the rest of the request.
 pub(crate) fn agent(connect_timeout: Duration, timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
+    phases!(ureq::Agent::config_builder(), connect_timeout, timeout)
         .http_status_as_error(false)
         .max_redirects(0)
-        .timeout_connect(Some(connect_timeout))
-        .timeout_global(Some(timeout))
         .user_agent(concat!("goworker/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
@@ -263,6 +281,7 @@ struct HttpParams {
 
 struct HttpWorker {
     agent: ureq::Agent,
+    connect_timeout: Duration,
     timeout: Duration,
     allow: Arc<AllowHosts>,
     retry_on: Arc<RetryOn>,
@@ -289,7 +308,7 @@ impl Worker for HttpWorker {
         } else {
             SNIPPET
         };
-        self.perform(call, timeout, keep)
+        self.perform(call, timeout, keep, &|| ctx.is_aborted())
             .into_outcome(&self.retry_on, job.capture_output)
     }
 }
@@ -424,7 +443,13 @@ fn host_port(url: &Url) -> String {
 }
 
 impl HttpWorker {
-    fn perform(&mut self, mut call: Call, timeout: Duration, keep: usize) -> Ended {
+    fn perform(
+        &mut self,
+        mut call: Call,
+        timeout: Duration,
+        keep: usize,
+        aborted: &dyn Fn() -> bool,
+    ) -> Ended {
         let deadline = Instant::now() + timeout;
         let mut hops = 0u32;
         loop {
@@ -434,17 +459,23 @@ impl HttpWorker {
                     host_port(&call.url)
                 ));
             }
+            if aborted() {
+                return Ended::Retryable("stopped at shutdown".into());
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return timed_out(timeout);
             }
-            // The agent's default suits the first hop of most jobs; only a
-            // different limit costs a per-request config.
-            let limit = (remaining != self.timeout || hops > 0).then_some(remaining);
-            let mut response = match send(&self.agent, &call, limit) {
+            // The agent's limit is the pool's: the first hop of a job without
+            // its own timeout needs no per-request config.
+            let limit = (timeout != self.timeout || hops > 0).then_some(remaining);
+            let mut response = match send(&self.agent, &call, self.connect_timeout, limit) {
                 Ok(r) => r,
                 Err(e) => return classify(e, &call.url, timeout),
             };
+            if Instant::now() >= deadline {
+                return timed_out(timeout);
+            }
             let status = response.status();
             let location = status
                 .is_redirection()
@@ -453,7 +484,7 @@ impl HttpWorker {
                 .and_then(|l| l.to_str().ok())
                 .map(str::to_string);
             if let Some(location) = location {
-                drain(response.body_mut(), 0);
+                drain(response.body_mut(), deadline);
                 if hops >= self.max_redirects {
                     return Ended::Fatal(format!(
                         "too many redirects: stopped after {hops} (max_redirects {}) at {}",
@@ -474,7 +505,7 @@ impl HttpWorker {
                 hops += 1;
                 continue;
             }
-            let (body, truncated) = match read_body(response.body_mut(), keep) {
+            let (body, truncated) = match read_body(response.body_mut(), keep, deadline) {
                 Ok(b) => b,
                 Err(e) => return classify(e, &call.url, timeout),
             };
@@ -511,6 +542,7 @@ fn redirect(call: &mut Call, status: u16, next: Url) {
 fn send(
     agent: &ureq::Agent,
     call: &Call,
+    connect: Duration,
     limit: Option<Duration>,
 ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
     let mut builder = ureq::http::Request::builder()
@@ -523,14 +555,14 @@ fn send(
         Some(body) => {
             let req = builder.body(body.as_slice())?;
             match limit {
-                Some(t) => agent.run(agent.configure_request(req).timeout_global(Some(t)).build()),
+                Some(t) => agent.run(phases!(agent.configure_request(req), connect, t).build()),
                 None => agent.run(req),
             }
         }
         None => {
             let req = builder.body(())?;
             match limit {
-                Some(t) => agent.run(agent.configure_request(req).timeout_global(Some(t)).build()),
+                Some(t) => agent.run(phases!(agent.configure_request(req), connect, t).build()),
                 None => agent.run(req),
             }
         }
@@ -538,21 +570,38 @@ fn send(
 }
 
 /// Reads up to `keep` bytes, then drains (bounded) so the connection can go
-/// back to the agent's pool.
-fn read_body(body: &mut ureq::Body, keep: usize) -> Result<(Vec<u8>, bool), ureq::Error> {
+/// back to the agent's pool; gives up at the attempt's deadline.
+fn read_body(
+    body: &mut ureq::Body,
+    keep: usize,
+    deadline: Instant,
+) -> Result<(Vec<u8>, bool), ureq::Error> {
     let mut reader = body.as_reader();
     let mut kept = Vec::new();
-    (&mut reader)
-        .take(keep as u64)
-        .read_to_end(&mut kept)
-        .map_err(ureq::Error::from)?;
-    let rest = std::io::copy(&mut (&mut reader).take(DRAIN_LIMIT), &mut std::io::sink())
-        .map_err(ureq::Error::from)?;
-    Ok((kept, rest > 0))
+    let mut buf = [0u8; 16 * 1024];
+    let mut drained = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok((kept, drained > 0)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ureq::Error::from(e)),
+        };
+        let room = keep.saturating_sub(kept.len()).min(n);
+        kept.extend_from_slice(&buf[..room]);
+        drained += (n - room) as u64;
+        if drained > DRAIN_LIMIT {
+            // Too long to drain: the connection is dropped instead.
+            return Ok((kept, true));
+        }
+        if Instant::now() >= deadline {
+            return Err(ureq::Error::Timeout(ureq::Timeout::Global));
+        }
+    }
 }
 
-fn drain(body: &mut ureq::Body, keep: usize) {
-    let _ = read_body(body, keep);
+fn drain(body: &mut ureq::Body, deadline: Instant) {
+    let _ = read_body(body, 0, deadline);
 }
 
 fn timed_out(timeout: Duration) -> Ended {

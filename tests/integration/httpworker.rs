@@ -161,6 +161,20 @@ fn sends_method_headers_json_body_and_url_params_exactly() {
 }
 
 #[test]
+fn a_worker_thread_reuses_its_connection() {
+    let server = HttpServer::start(|_, _| Reply::status(200).body("ok"));
+    let run = Running::start(
+        "workers:\n  - type: http\n    count: 1\n    allow_hosts: [\"127.0.0.1\"]\n",
+    );
+    for _ in 0..3 {
+        run.submit(json!({"url": server.url("/again")}), 0);
+        run.succeeded();
+    }
+    let peers: HashSet<_> = server.seen().iter().map(|s| s.peer).collect();
+    assert_eq!(peers.len(), 1, "one connection for 3 jobs: {peers:?}");
+}
+
+#[test]
 fn a_500_is_retried_once_then_succeeds() {
     let server = HttpServer::start(|_, n| {
         if n == 0 {

@@ -255,6 +255,8 @@ pub struct Seen {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The client's address: the same one twice means a reused connection.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Seen {
@@ -351,6 +353,7 @@ impl HttpServer {
                         .map(|h| (h.field.to_string(), h.value.to_string()))
                         .collect(),
                     body,
+                    peer: req.remote_addr().copied(),
                 };
                 let index = {
                     let mut all = seen2.lock().unwrap();
