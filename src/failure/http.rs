@@ -23,7 +23,7 @@ pub(crate) struct HttpHandlerOptions {
     pub(crate) url: Option<String>,
     /// Extra request headers, e.g. Authorization; values are never logged.
     pub(crate) headers: BTreeMap<String, String>,
-    /// Limit on each POST, connecting included.
+    /// Limit on each phase of a POST: connecting, sending, waiting for and reading the response.
     pub(crate) timeout: String,
     /// POSTs retried after the first fails with 408, 429, 5xx, a timeout or a connection error.
     pub(crate) retries: u32,

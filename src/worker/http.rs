@@ -12,6 +12,7 @@
 
 use super::{JobContext, PoolInfo, Worker, WorkerType};
 use crate::job::{Job, Outcome};
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -39,7 +40,7 @@ pub(crate) struct HttpOptions {
     pub(crate) retry_on: Vec<StatusMatch>,
     /// Redirects followed per attempt; reaching the limit is a final failure.
     pub(crate) max_redirects: u32,
-    /// Limit on connecting (DNS, TCP, TLS); the attempt's `timeout` (default 60s) bounds the whole call.
+    /// Limit on connecting (DNS, TCP, TLS); the attempt's `timeout` (default 60s) bounds every phase and is checked for the whole attempt.
     pub(crate) connect_timeout: String,
 }
 
@@ -363,8 +364,8 @@ impl Ended {
 }
 
 fn build_call(job: &Job) -> Result<Call, String> {
-    let p: HttpParams = serde_json::from_value(job.params.clone())
-        .map_err(|e| format!("invalid http params: {e}"))?;
+    let p =
+        HttpParams::deserialize(&job.params).map_err(|e| format!("invalid http params: {e}"))?;
     let method = p.method.as_deref().unwrap_or("GET").to_ascii_uppercase();
     let method = ureq::http::Method::from_bytes(method.as_bytes())
         .map_err(|_| format!("invalid http params: method {method:?}"))?;
@@ -578,7 +579,7 @@ fn read_body(
 ) -> Result<(Vec<u8>, bool), ureq::Error> {
     let mut reader = body.as_reader();
     let mut kept = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
+    let mut buf = [0u8; 4096];
     let mut drained = 0u64;
     loop {
         let n = match reader.read(&mut buf) {
