@@ -83,3 +83,8 @@ pub mod noop {
 pub mod cli {
     pub use crate::worker::cli::{Cli, CliOptions};
 }
+
+/// The built-in `disk` provider type: a durable queue in a redb file.
+pub mod disk {
+    pub use crate::provider::disk::{Disk, DiskOptions, DiskProvider, DurabilityLevel};
+}

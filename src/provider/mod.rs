@@ -6,7 +6,9 @@
 //! [`Acker`], and the manager tells it exactly once how the job ended.
 //!
 //! - [`memory`]: an in-process channel, for tests and library users.
+//! - [`disk`]: a durable queue embedded in a redb file.
 
+pub(crate) mod disk;
 pub(crate) mod memory;
 
 use crate::error::Error;
