@@ -132,8 +132,11 @@ fn run(args: Args) -> Result<(), Failure> {
             job,
         } => {
             let mut c = load(Some(&config), &registry)?;
-            let admin = admin(&mut c, provider.as_deref())?;
-            enqueue(admin, &job)
+            let payloads = read_jobs(&job)?;
+            match front_of_disk(&config, provider.as_deref()) {
+                Some((http, disk)) => enqueue_via(&mut c, &http, &disk, &payloads),
+                None => enqueue(admin(&mut c, provider.as_deref())?, &payloads),
+            }
         }
         Command::Dead {
             config,
@@ -182,7 +185,10 @@ fn admin<'a>(c: &'a mut Config, name: Option<&str>) -> Result<&'a mut dyn Provid
     })
 }
 
-fn enqueue(admin: &mut dyn ProviderAdmin, job: &str) -> Result<(), Failure> {
+/// The payloads of `job` (a file, or `-`: one job per stdin line), each
+/// checked to be a job: what would only be dead-lettered is refused before
+/// it is stored.
+fn read_jobs(job: &str) -> Result<Vec<Vec<u8>>, Failure> {
     let payloads: Vec<Vec<u8>> = if job == "-" {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| Failure {
@@ -200,7 +206,6 @@ fn enqueue(admin: &mut dyn ProviderAdmin, job: &str) -> Result<(), Failure> {
         })?]
     };
     for (n, payload) in payloads.iter().enumerate() {
-        // Refuse what would only be dead-lettered, before it is stored.
         if let Err(m) = goworker::Job::parse(payload) {
             let at = if job == "-" {
                 format!("stdin line {}", n + 1)
@@ -212,7 +217,78 @@ fn enqueue(admin: &mut dyn ProviderAdmin, job: &str) -> Result<(), Failure> {
                 message: format!("{at}: {}", m.reason),
             });
         }
+    }
+    Ok(payloads)
+}
+
+fn enqueue(admin: &mut dyn ProviderAdmin, payloads: &[Vec<u8>]) -> Result<(), Failure> {
+    for payload in payloads {
         let id = admin.enqueue(payload)?;
+        println!("{id}");
+    }
+    Ok(())
+}
+
+/// When the enqueue target is a `disk` queue that an `http` provider of
+/// the same config stores into (`store:`), or no target is named and one
+/// such pair exists: (http name, disk name). redb lets one process open
+/// the file, so jobs reach a running service's queue through its HTTP
+/// endpoint.
+fn front_of_disk(config: &Path, target: Option<&str>) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let raw: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    let field =
+        |p: &serde_yaml::Value, k: &str| p.get(k).and_then(|v| v.as_str()).map(String::from);
+    let providers: Vec<(String, String, Option<String>)> = raw
+        .get("providers")?
+        .as_sequence()?
+        .iter()
+        .filter_map(|p| {
+            let kind = field(p, "type")?;
+            let name = field(p, "name").unwrap_or_else(|| kind.clone());
+            Some((name, kind, field(p, "store")))
+        })
+        .collect();
+    let is_disk = |n: &str| {
+        providers
+            .iter()
+            .any(|(name, kind, _)| name == n && kind == "disk")
+    };
+    let fronts: Vec<(String, String)> = providers
+        .iter()
+        .filter(|(_, kind, store)| kind == "http" && store.as_deref().is_some_and(is_disk))
+        .filter(|(_, _, store)| target.is_none_or(|t| store.as_deref() == Some(t)))
+        .map(|(name, _, store)| (name.clone(), store.clone().unwrap_or_default()))
+        .collect();
+    match fronts.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+/// Posts each job to the running service's `http` provider; when nothing
+/// answers there (the service is stopped), writes straight into the
+/// `disk` queue's file instead.
+fn enqueue_via(
+    c: &mut Config,
+    http: &str,
+    disk: &str,
+    payloads: &[Vec<u8>],
+) -> Result<(), Failure> {
+    for payload in payloads {
+        let posted = admin(c, Some(http))?.enqueue(payload);
+        let id = match posted {
+            Ok(id) => id,
+            Err(post_error) => match admin(c, Some(disk))?.enqueue(payload) {
+                Ok(id) => id,
+                Err(disk_error) => {
+                    return Err(Failure {
+                        code: 1,
+                        message: format!("{post_error}; and directly: {disk_error}"),
+                    });
+                }
+            },
+        };
         println!("{id}");
     }
     Ok(())
