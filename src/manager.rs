@@ -392,6 +392,7 @@ impl Loop {
                 );
                 self.stats.types[d.pool].succeeded += 1;
                 self.stats.providers[f.provider].succeeded += 1;
+                self.stats.pair(d.pool, f.provider).succeeded += 1;
                 let report = report(&job, JobStatus::Succeeded, d.duration, outcome.output, None);
                 f.acker.ack(&report);
                 return;
@@ -414,6 +415,7 @@ impl Loop {
             );
             self.stats.types[d.pool].retried += 1;
             self.stats.providers[f.provider].retried += 1;
+            self.stats.pair(d.pool, f.provider).retried += 1;
             if self.state != State::Running && !f.acker.can_defer() {
                 return self.release(f.acker, f.provider, Some(&job));
             }
@@ -435,6 +437,7 @@ impl Loop {
         );
         self.stats.types[d.pool].failed += 1;
         self.stats.providers[f.provider].failed += 1;
+        self.stats.pair(d.pool, f.provider).failed += 1;
         let record = FailureRecord::for_job(
             self.provider_name(f.provider),
             &job,
