@@ -70,8 +70,8 @@ pub use provider::{
 pub use registry::{OptionDoc, Registry, TypeDoc};
 pub use service::{RunningService, Service, ServiceBuilder, ShutdownHandle};
 pub use stats::{
-    ChannelFill, Counters, DURATION_BUCKETS, DurationStats, PairStats, ProviderStats, Snapshot, StatsReader,
-    TypeStats,
+    ChannelFill, Counters, DURATION_BUCKETS, DurationStats, PairStats, ProviderStats, Snapshot,
+    StatsReader, TypeStats,
 };
 pub use worker::{JobContext, PoolInfo, Worker, WorkerType};
 

@@ -316,7 +316,8 @@ impl Stats {
             );
         }
         for ((pool, provider), c) in &self.pairs {
-            let (Some((kind, _)), Some(h)) = (names.pools.get(*pool), names.providers.get(*provider))
+            let (Some((kind, _)), Some(h)) =
+                (names.pools.get(*pool), names.providers.get(*provider))
             else {
                 continue;
             };

@@ -22,7 +22,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tiny_http::{Header, Method, Request, Response, Server};
 
-
 /// The path that also accepts a JSON array of jobs (bulk submit).
 const BULK_PATH: &str = "/jobs";
 /// Declared body sizes above this are not discarded but abandoned (see
@@ -189,7 +188,9 @@ impl Provider for HttpProvider {
         };
         let store = match &self.store {
             Some(s) => Some(ctx.store(s).ok_or_else(|| {
-                fail(format!("store {s:?}: no provider of that name offers a store"))
+                fail(format!(
+                    "store {s:?}: no provider of that name offers a store"
+                ))
             })?),
             None => None,
         };
@@ -635,7 +636,10 @@ impl Acker for LogAcker {
     }
 
     fn dead(self: Box<Self>, _record: &FailureRecord, report: &Report) {
-        log::debug!("job {}: failed for good (submitted with wait=false)", report.id);
+        log::debug!(
+            "job {}: failed for good (submitted with wait=false)",
+            report.id
+        );
     }
 
     fn release(self: Box<Self>, job: Option<&Job>) {
@@ -666,7 +670,10 @@ impl ProviderAdmin for HttpProvider {
             .into();
         let mut req = agent.post(&url).header("Content-Type", "application/json");
         if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {}", t.read().map_err(fail)?));
+            req = req.header(
+                "Authorization",
+                &format!("Bearer {}", t.read().map_err(fail)?),
+            );
         }
         let mut resp = req
             .send(payload)
@@ -719,11 +726,19 @@ mod tests {
             .ok()
             .unwrap();
         assert_eq!((jobs.len(), bulk), (2, true));
-        let e = parse_jobs(br#"[{"type":"noop"},{"x":1}]"#, true).err().unwrap();
+        let e = parse_jobs(br#"[{"type":"noop"},{"x":1}]"#, true)
+            .err()
+            .unwrap();
         assert_eq!(e.status, 400);
         assert!(e.body["error"].as_str().unwrap().starts_with("job 1:"));
         assert_eq!(parse_jobs(b"[]", true).err().unwrap().status, 400);
-        assert_eq!(parse_jobs(br#"[{"type":"noop"}]"#, false).err().unwrap().status, 400);
+        assert_eq!(
+            parse_jobs(br#"[{"type":"noop"}]"#, false)
+                .err()
+                .unwrap()
+                .status,
+            400
+        );
     }
 
     #[test]
@@ -734,8 +749,16 @@ mod tests {
             HttpProviderType::build("api", o).err()
         };
         assert!(o(|_| {}).is_none());
-        assert!(o(|o| o.listen = "nowhere".into()).unwrap().contains("listen"));
-        assert!(o(|o| o.endpoint = "job".into()).unwrap().contains("endpoint"));
+        assert!(
+            o(|o| o.listen = "nowhere".into())
+                .unwrap()
+                .contains("listen")
+        );
+        assert!(
+            o(|o| o.endpoint = "job".into())
+                .unwrap()
+                .contains("endpoint")
+        );
         assert!(o(|o| o.threads = 0).unwrap().contains("threads"));
         assert!(
             o(|o| {

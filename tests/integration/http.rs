@@ -130,7 +130,10 @@ fn waiting_submit_returns_output_and_a_failure_after_all_attempts() {
     let body = a.json();
     assert_eq!(body["status"], "succeeded");
     assert_eq!(body["attempts"], 1);
-    assert!(body["output"].as_str().unwrap().contains("hello http"), "{body}");
+    assert!(
+        body["output"].as_str().unwrap().contains("hello http"),
+        "{body}"
+    );
     assert!(body["id"].as_str().is_some_and(|id| !id.is_empty()));
     assert!(body["duration_ms"].is_u64());
 
@@ -144,8 +147,14 @@ fn waiting_submit_returns_output_and_a_failure_after_all_attempts() {
     assert_eq!(body["id"], "doomed");
     assert_eq!(body["status"], "failed");
     assert_eq!(body["attempts"], 3, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
-    assert!(body["output"].as_str().unwrap().contains("no luck"), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["output"].as_str().unwrap().contains("no luck"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -160,7 +169,11 @@ fn no_wait_answers_202_and_the_job_runs() {
     let body = a.json();
     assert_eq!(body["status"], "accepted");
     let id = body["id"].as_str().unwrap().to_string();
-    assert!(wait_until(PATIENCE, || s.succeeded("noop") == 1), "{}", s.log());
+    assert!(
+        wait_until(PATIENCE, || s.succeeded("noop") == 1),
+        "{}",
+        s.log()
+    );
     assert!(s.log().contains(&id));
 
     // Bulk submit without a store: every job runs.
@@ -180,7 +193,13 @@ fn no_wait_answers_202_and_the_job_runs() {
         r#"[{"type":"noop","id":"a"},{"type":"noop","id":"b"}]"#,
     );
     assert_eq!(a.status, 200, "{a:?}");
-    let ids: Vec<_> = a.json().as_array().unwrap().iter().map(|r| r["id"].clone()).collect();
+    let ids: Vec<_> = a
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
     assert_eq!(ids, [json!("a"), json!("b")]);
 }
 
@@ -234,11 +253,20 @@ fn every_error_status_has_a_json_body_and_the_service_keeps_serving() {
         (400, authed("{not json")),
         (400, authed(r#"{"params":{}}"#)),
         (422, authed(r#"{"type":"nosuchpool"}"#)),
-        (413, authed(&format!(r#"{{"type":"noop","pad":"{}"}}"#, "x".repeat(8000)))),
+        (
+            413,
+            authed(&format!(
+                r#"{{"type":"noop","pad":"{}"}}"#,
+                "x".repeat(8000)
+            )),
+        ),
     ];
     for (want, a) in cases {
         assert_eq!(a.status, want, "{a:?}");
-        assert!(a.json()["error"].as_str().is_some_and(|e| !e.is_empty()), "{a:?}");
+        assert!(
+            a.json()["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{a:?}"
+        );
         ok();
     }
 
@@ -257,7 +285,8 @@ fn every_error_status_has_a_json_body_and_the_service_keeps_serving() {
     assert_eq!(&head, b"HTTP/1.1 413");
     c.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
-    c.read_to_end(&mut rest).expect("the server closes the connection");
+    c.read_to_end(&mut rest)
+        .expect("the server closes the connection");
     assert!(String::from_utf8_lossy(&rest).contains("over the limit"));
     ok();
 
@@ -361,7 +390,11 @@ fn a_client_that_disconnects_while_waiting_leaks_no_thread() {
         assert!(wait_until(PATIENCE, || s.stats()["in_flight"] == 1));
     }
     // The job still finishes and is counted.
-    assert!(wait_until(PATIENCE, || s.succeeded("cli") == 1), "{}", s.log());
+    assert!(
+        wait_until(PATIENCE, || s.succeeded("cli") == 1),
+        "{}",
+        s.log()
+    );
     // The one handler thread is free again, and the worker too.
     let a = post(
         &agent(),
@@ -369,7 +402,11 @@ fn a_client_that_disconnects_while_waiting_leaks_no_thread() {
         r#"{"type":"cli","params":{"command":"echo"}}"#,
     );
     assert_eq!(a.status, 200, "{a:?}");
-    assert!(wait_until(PATIENCE, || threads(s.g.pid()) <= before), "threads: {} > {before}", threads(s.g.pid()));
+    assert!(
+        wait_until(PATIENCE, || threads(s.g.pid()) <= before),
+        "threads: {} > {before}",
+        threads(s.g.pid())
+    );
 }
 
 /// Samples of one metric family: labels → value.
@@ -388,7 +425,11 @@ fn samples(text: &str, name: &str) -> Vec<(HashMap<String, String>, f64)> {
                 prometheus_parse::Value::Histogram(h) => h.last().map(|b| b.count).unwrap_or(-1.0),
                 prometheus_parse::Value::Summary(_) => -1.0,
             };
-            let labels = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let labels = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             (labels, v)
         })
         .collect()
@@ -397,7 +438,11 @@ fn samples(text: &str, name: &str) -> Vec<(HashMap<String, String>, f64)> {
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples(text, name)
         .into_iter()
-        .find(|(l, _)| labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+        .find(|(l, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|(_, v)| v)
 }
 
@@ -406,7 +451,10 @@ fn metrics_parse_and_count_the_jobs_run_and_stats_agree() {
     let s = start("", "", CLI_AND_NOOP);
     let agent = agent();
     for _ in 0..6 {
-        assert_eq!(post(&agent, &format!("{}/job/add", s.api), r#"{"type":"noop"}"#).status, 200);
+        assert_eq!(
+            post(&agent, &format!("{}/job/add", s.api), r#"{"type":"noop"}"#).status,
+            200
+        );
     }
     for _ in 0..2 {
         let a = post(
@@ -438,11 +486,19 @@ fn metrics_parse_and_count_the_jobs_run_and_stats_agree() {
     assert_eq!(jobs(&t, "cli", "succeeded"), Some(0.0));
     // Histogram: every attempt measured (6 noop, 2 × 2 cli).
     assert_eq!(
-        sample(&t, "goworker_job_duration_seconds_count", &[("type", "noop")]),
+        sample(
+            &t,
+            "goworker_job_duration_seconds_count",
+            &[("type", "noop")]
+        ),
         Some(6.0)
     );
     assert_eq!(
-        sample(&t, "goworker_job_duration_seconds_count", &[("type", "cli")]),
+        sample(
+            &t,
+            "goworker_job_duration_seconds_count",
+            &[("type", "cli")]
+        ),
         Some(4.0)
     );
     // The +Inf bucket of the histogram.
@@ -451,8 +507,14 @@ fn metrics_parse_and_count_the_jobs_run_and_stats_agree() {
         Some(4.0),
         "{t}"
     );
-    assert_eq!(sample(&t, "goworker_provider_up", &[("provider", "api")]), Some(1.0));
-    assert_eq!(sample(&t, "goworker_in_flight", &[("type", "cli")]), Some(0.0));
+    assert_eq!(
+        sample(&t, "goworker_provider_up", &[("provider", "api")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&t, "goworker_in_flight", &[("type", "cli")]),
+        Some(0.0)
+    );
     assert!(sample(&t, "goworker_channel_depth", &[]).is_some(), "{t}");
 
     let st = s.stats();
@@ -467,7 +529,11 @@ fn metrics_parse_and_count_the_jobs_run_and_stats_agree() {
     assert!(st["types"]["noop"]["duration"]["p99_ms"].is_number());
     assert_eq!(st["channel"]["capacity"], 1024);
     let pairs = st["by_type_and_provider"].as_array().unwrap();
-    assert!(pairs.iter().any(|p| p["type"] == "noop" && p["provider"] == "api" && p["succeeded"] == 6));
+    assert!(
+        pairs
+            .iter()
+            .any(|p| p["type"] == "noop" && p["provider"] == "api" && p["succeeded"] == 6)
+    );
 
     assert_eq!(get(&format!("{}/healthz", s.stats)).status, 200);
     assert_eq!(get(&format!("{}/nothing", s.stats)).status, 404);
@@ -475,11 +541,7 @@ fn metrics_parse_and_count_the_jobs_run_and_stats_agree() {
 
 #[test]
 fn two_hundred_clients_submitting_ten_thousand_jobs_all_get_answers() {
-    let s = start(
-        "    threads: 32\n",
-        "",
-        "  - type: noop\n    count: 4\n",
-    );
+    let s = start("    threads: 32\n", "", "  - type: noop\n    count: 4\n");
     let url = format!("{}/job/add", s.api);
     let clients: Vec<_> = (0..200)
         .map(|c| {
@@ -535,7 +597,10 @@ fn healthz_turns_503_while_a_provider_is_down() {
     handle.set_down(Some("lost the connection to the moon"));
     assert!(wait_until(PATIENCE, || get(&url).status == 503));
     let body = get(&url).json();
-    assert_eq!(body["providers_down"]["queue"], "lost the connection to the moon");
+    assert_eq!(
+        body["providers_down"]["queue"],
+        "lost the connection to the moon"
+    );
     let metrics = get(&format!("http://127.0.0.1:{port}/metrics")).text;
     assert!(
         wait_until(PATIENCE, || sample(
@@ -550,7 +615,11 @@ fn healthz_turns_503_while_a_provider_is_down() {
     service.shutdown();
     service.wait();
     // The listener closes once the service has stopped.
-    assert!(wait_until(PATIENCE, || TcpStream::connect(("127.0.0.1", port)).is_err()));
+    assert!(wait_until(PATIENCE, || TcpStream::connect((
+        "127.0.0.1",
+        port
+    ))
+    .is_err()));
 }
 
 /// A durable store for the `store` option: remembers every `put` call.
@@ -586,7 +655,10 @@ impl goworker::Provider for StoreProvider {
     }
 }
 
-fn service_with_store(store_name: &str, port: u16) -> Result<goworker::RunningService, goworker::Error> {
+fn service_with_store(
+    store_name: &str,
+    port: u16,
+) -> Result<goworker::RunningService, goworker::Error> {
     let yaml = format!(
         "manager:\n  stats_listen: \"\"\nproviders:\n  - type: http\n    name: api\n    listen: 127.0.0.1:{port}\n    store: {store_name}\nworkers:\n  - type: noop\n"
     );
@@ -612,7 +684,11 @@ fn no_wait_with_a_store_answers_202_only_once_stored() {
         .start()
         .unwrap();
     let api = format!("http://127.0.0.1:{port}");
-    let a = post(&agent(), &format!("{api}/job/add?wait=false"), r#"{"type":"noop","keep":"me"}"#);
+    let a = post(
+        &agent(),
+        &format!("{api}/job/add?wait=false"),
+        r#"{"type":"noop","keep":"me"}"#,
+    );
     assert_eq!(a.status, 202, "{a:?}");
     let id = a.json()["id"].as_str().unwrap().to_string();
     {
@@ -641,8 +717,14 @@ fn no_wait_with_a_store_answers_202_only_once_stored() {
         assert_eq!(stored, ids);
     }
     // A store that fails: 503, nothing claimed.
-    store.broken.store(true, std::sync::atomic::Ordering::SeqCst);
-    let a = post(&agent(), &format!("{api}/job/add?wait=false"), r#"{"type":"noop"}"#);
+    store
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let a = post(
+        &agent(),
+        &format!("{api}/job/add?wait=false"),
+        r#"{"type":"noop"}"#,
+    );
     assert_eq!(a.status, 503, "{a:?}");
     assert!(a.retry_after.is_some());
     assert!(a.json()["error"].as_str().unwrap().contains("disk full"));
@@ -659,7 +741,9 @@ fn start_up_fails_on_a_port_in_use_or_an_unknown_store() {
     let port = taken.local_addr().unwrap().port();
     let err = service_with_store("local", port).unwrap_err().to_string();
     assert!(err.contains(&format!("listen 127.0.0.1:{port}")), "{err}");
-    let err = service_with_store("nosuch", free_port()).unwrap_err().to_string();
+    let err = service_with_store("nosuch", free_port())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("store \"nosuch\""), "{err}");
 
     // The binary: exit code 2 and one line naming the address.
@@ -710,7 +794,14 @@ fn enqueue_command_submits_to_the_running_service_with_the_token() {
     // A job the service refuses: the command says why.
     std::fs::write(&job, r#"{"type":"nosuchpool"}"#).unwrap();
     let (code, _, stderr) = goworker(
-        &["enqueue", "-c", cfg.to_str().unwrap(), "--provider", "api", job.to_str().unwrap()],
+        &[
+            "enqueue",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--provider",
+            "api",
+            job.to_str().unwrap(),
+        ],
         dir.path(),
     );
     assert_ne!(code, 0);
