@@ -463,6 +463,7 @@ impl Loop {
                 );
                 self.stats.types[d.pool].succeeded += 1;
                 self.stats.providers[f.provider].succeeded += 1;
+                self.stats.pair(d.pool, f.provider).succeeded += 1;
                 let report = Report {
                     id: job.id,
                     status: JobStatus::Succeeded,
@@ -492,6 +493,7 @@ impl Loop {
             );
             self.stats.types[d.pool].retried += 1;
             self.stats.providers[f.provider].retried += 1;
+            self.stats.pair(d.pool, f.provider).retried += 1;
             if self.state != State::Running && !f.acker.can_defer() {
                 return self.release(f.acker, f.provider, Some(&job));
             }
@@ -513,6 +515,7 @@ impl Loop {
         );
         self.stats.types[d.pool].failed += 1;
         self.stats.providers[f.provider].failed += 1;
+        self.stats.pair(d.pool, f.provider).failed += 1;
         let record = FailureRecord::for_job(
             self.provider_name(f.provider),
             &job,

@@ -6,7 +6,9 @@
 //! [`Acker`], and the manager tells it exactly once how the job ended.
 //!
 //! - [`memory`]: an in-process channel, for tests and library users.
+//! - [`http`]: jobs submitted over HTTP (`POST /job/add`, `/jobs`).
 
+pub(crate) mod http;
 pub(crate) mod memory;
 
 use crate::error::Error;
