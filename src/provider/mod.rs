@@ -6,15 +6,11 @@
 //! [`Acker`], and the manager tells it exactly once how the job ended.
 //!
 //! - [`memory`]: an in-process channel, for tests and library users.
-<<<<<<< HEAD
+//! - [`http`]: jobs submitted over HTTP (`POST /job/add`, `/jobs`).
 //! - [`disk`]: a durable queue embedded in a redb file.
 
 pub(crate) mod disk;
-=======
-//! - [`http`]: jobs submitted over HTTP (`POST /job/add`, `/jobs`).
-
 pub(crate) mod http;
->>>>>>> main
 pub(crate) mod memory;
 
 use crate::error::Error;
