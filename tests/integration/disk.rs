@@ -466,3 +466,211 @@ fn dead_letters_are_listed_retried_and_purged_and_the_running_service_is_named()
     let (_, out, _) = goworker(&["dead", "-c", "config.yaml", "list"], d);
     assert!(out.trim().is_empty(), "{out}");
 }
+
+// ---- through the http provider (`store: local`) ----
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(PATIENCE * 2))
+        .build()
+        .into()
+}
+
+/// POSTs `body` to `url`: (status, JSON body or Null).
+fn post(url: &str, body: &str) -> (u16, serde_json::Value) {
+    match agent()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(body)
+    {
+        Ok(mut r) => {
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            (
+                r.status().as_u16(),
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+            )
+        }
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+/// An `http` provider `api` on a free port storing into the disk queue
+/// `local`, one `cli` thread allowed to run `allow`. Returns (config, url
+/// of `/jobs?wait=false`).
+fn http_config(allow: &[&Path]) -> (String, String) {
+    let port = free_port();
+    let allow: Vec<String> = allow
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    let cfg = format!(
+        "manager:\n  stats_listen: null\n  shutdown_timeout: 2s\n\
+         providers:\n  - type: http\n    name: api\n    listen: 127.0.0.1:{port}\n    store: local\n\
+         \x20 - type: disk\n    name: local\n    path: ./data/queue.redb\n\
+         workers:\n  - type: cli\n    count: 1\n    allow: [{}]\n",
+        allow.join(", ")
+    );
+    (cfg, format!("http://127.0.0.1:{port}/jobs?wait=false"))
+}
+
+/// A script that records its run like `recorder`, then waits until the
+/// file `go` exists.
+fn blocker(dir: &Path) -> std::path::PathBuf {
+    let rec = recorder(dir);
+    script(
+        dir,
+        "block.sh",
+        &format!(
+            "{rec:?} \"$1\"\nwhile [ ! -e {go:?} ]; do sleep 0.05; done",
+            rec = rec.display().to_string(),
+            go = dir.join("go").display().to_string()
+        ),
+    )
+}
+
+#[test]
+fn jobs_answered_202_run_after_kill_9_even_if_they_had_not_run() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let rec = recorder(d);
+    let block = blocker(d);
+    let (cfg, url) = http_config(&[&rec, &block]);
+    let mut g = Goworker::start(d, &cfg);
+    // The one worker thread is busy with "block" ...
+    let (status, _) = post(
+        &url,
+        &json!({"type": "cli", "name": "block",
+                "params": {"command": block, "params": ["block"]}})
+        .to_string(),
+    );
+    assert_eq!(status, 202);
+    assert!(wait_until(PATIENCE, || runs_of(d, "block").len() == 1));
+    // ... so these are stored, answered 202, and have not run at the kill.
+    let bulk = json!([
+        record_job(&rec, "accepted-1", 0),
+        record_job(&rec, "accepted-2", 0)
+    ]);
+    let (status, body) = post(&url, &bulk.to_string());
+    assert_eq!(status, 202, "{body}");
+    // `goworker enqueue` reaches the running service through its http provider.
+    let job = d.join("job.json");
+    std::fs::write(&job, record_job(&rec, "enqueued", 0).to_string()).unwrap();
+    let (code, out, err) = goworker(&["enqueue", "-c", "config.yaml", job.to_str().unwrap()], d);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.trim().is_empty());
+    g.sigkill();
+    for name in ["accepted-1", "accepted-2", "enqueued"] {
+        assert!(runs_of(d, name).is_empty(), "{name} ran before the kill");
+    }
+
+    std::fs::write(d.join("go"), "").unwrap();
+    let g = Goworker::start(d, &cfg);
+    assert!(
+        wait_until(PATIENCE, || ["accepted-1", "accepted-2", "enqueued"]
+            .iter()
+            .all(|n| runs_of(d, n).len() == 1)),
+        "accepted jobs lost:\n{}",
+        g.log_text()
+    );
+    assert!(wait_until(PATIENCE, || runs_of(d, "block").len() == 2));
+}
+
+/// A small tmpfs mounted on a directory, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t tmpfs needs root");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_503_acknowledges_only_what_was_stored_and_keeps_running() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let rec = recorder(d);
+    let block = blocker(d);
+    let _fs = Tmpfs::mount(&d.join("data"), "4m");
+    let (cfg, url) = http_config(&[&rec, &block]);
+    let g = Goworker::start(d, &cfg);
+    let (status, _) = post(
+        &url,
+        &json!({"type": "cli", "name": "block",
+                "params": {"command": block, "params": ["block"]}})
+        .to_string(),
+    );
+    assert_eq!(status, 202);
+    assert!(wait_until(PATIENCE, || runs_of(d, "block").len() == 1));
+
+    // 64 KiB jobs until the 4 MiB file system is full.
+    let blob = "x".repeat(64 * 1024);
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..200 {
+        let mut job = record_job(&rec, &format!("big-{i}"), 0);
+        job["blob"] = json!(blob);
+        let (status, body) = post(&url, &job.to_string());
+        match status {
+            202 => accepted.push(format!("big-{i}")),
+            _ => {
+                refused = Some((status, body));
+                break;
+            }
+        }
+    }
+    let (status, body) = refused.expect("the file system never filled up");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    assert!(!accepted.is_empty());
+
+    // Every job answered 202 was stored: each runs exactly once.
+    std::fs::write(d.join("go"), "").unwrap();
+    assert!(
+        wait_until(PATIENCE * 2, || accepted
+            .iter()
+            .all(|n| runs_of(d, n).len() == 1)),
+        "stored jobs did not all run:\n{}",
+        g.log_text()
+    );
+    // The service still runs and takes jobs again once there is room.
+    assert!(
+        wait_until(PATIENCE, || post(
+            &url,
+            &record_job(&rec, "after", 0).to_string()
+        )
+        .0 == 202),
+        "{}",
+        g.log_text()
+    );
+    assert!(
+        wait_until(PATIENCE, || runs_of(d, "after").len() == 1),
+        "{}",
+        g.log_text()
+    );
+    for n in &accepted {
+        assert_eq!(runs_of(d, n).len(), 1, "{n} ran again");
+    }
+    // The refused job was never acknowledged; a failed commit may still
+    // have reached the file, so it runs at most once.
+    assert!(runs_of(d, &format!("big-{}", accepted.len())).len() <= 1);
+}

@@ -207,10 +207,12 @@ impl Store {
     }
 
     /// Moves up to `max` jobs due by `now` from pending to in-flight.
-    /// Committed without fsync: until the next durable commit, a crash only
-    /// returns them to pending, where they were.
+    /// Written without fsync (`Eventual`): a power loss before the next
+    /// durable commit only returns them to pending, where they were. Not
+    /// `None`: re-opening after an I/O error would forget such a commit
+    /// and deliver the jobs a second time.
     pub(super) fn fetch(&self, now: u64, max: usize) -> Result<Fetched, String> {
-        self.with_write(Durability::None, |tx| {
+        self.with_write(Durability::Eventual, |tx| {
             let mut pending = tx.open_table(PENDING)?;
             let mut inflight = tx.open_table(IN_FLIGHT)?;
             let mut out = Fetched::default();
@@ -233,8 +235,18 @@ impl Store {
     /// new jobs and is stored with them.
     pub(super) fn commit(&self, changes: &[Change], next_seq: &mut u64) -> Result<(), String> {
         let start = *next_seq;
+        // Numbers handed out are never reused, even when the commit fails:
+        // a failed commit may still have reached the file.
+        *next_seq += changes
+            .iter()
+            .map(|c| match c {
+                Change::Put(jobs) => jobs.len() as u64,
+                _ => 0,
+            })
+            .sum::<u64>();
+        let end = *next_seq;
         let dead_max = self.dead_max;
-        let r = self.with_write(self.durability, |tx| {
+        self.with_write(self.durability, |tx| {
             let mut seq = start;
             let mut pending = tx.open_table(PENDING)?;
             let mut inflight = tx.open_table(IN_FLIGHT)?;
@@ -276,10 +288,9 @@ impl Store {
             if puts {
                 tx.open_table(META)?.insert("next_seq", seq)?;
             }
-            Ok(seq)
-        })?;
-        *next_seq = r;
-        Ok(())
+            debug_assert_eq!(seq, end);
+            Ok(())
+        })
     }
 
     /// The stored next sequence number.
