@@ -161,7 +161,11 @@ impl Service {
         let Service { config, hooks } = self;
         let m = config.manager.clone();
         let (del_tx, del_rx) = crossbeam_channel::bounded(m.channel_bound);
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        // Outcomes never outnumber tasks in flight, which the manager keeps
+        // near `limit`; it never blocks, so a full channel only slows workers.
+        let threads: usize = config.pools.iter().map(|p| p.count).sum();
+        let limit = threads + m.channel_bound;
+        let (done_tx, done_rx) = crossbeam_channel::bounded(limit);
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
         let (fail_tx, fail_rx) = crossbeam_channel::unbounded();
         let stopping = Arc::new(AtomicBool::new(false));
@@ -205,8 +209,15 @@ impl Service {
 
         let mut pools = Vec::new();
         for (i, pc) in config.pools.into_iter().enumerate() {
-            let pool = Pool::start(i, pc, m.capture_limit, done_tx.clone(), draining.clone())
-                .map_err(|e| Error::io("spawn pool thread", e))?;
+            let pool = Pool::start(
+                i,
+                pc,
+                limit,
+                m.capture_limit,
+                done_tx.clone(),
+                draining.clone(),
+            )
+            .map_err(|e| Error::io("spawn pool thread", e))?;
             pools.push(pool);
         }
         drop(done_tx);

@@ -230,7 +230,9 @@ pub(crate) struct Stats {
     pub(crate) providers: Vec<Counters>,
     pub(crate) rejected: Vec<u64>,
     /// Outcomes by (pool, provider).
-    pairs: BTreeMap<(usize, usize), Counters>,
+    /// Indexed `pool * providers + provider`: no hashing on the hot path.
+    pairs: Vec<Counters>,
+    provider_count: usize,
     /// (when, finished per type, finished per provider) for rates.
     history: VecDeque<(Instant, Vec<u64>, Vec<u64>)>,
 }
@@ -244,14 +246,15 @@ impl Stats {
             in_flight: vec![0; pools],
             providers: vec![Counters::default(); providers],
             rejected: vec![0; providers],
-            pairs: BTreeMap::new(),
+            pairs: vec![Counters::default(); pools * providers],
+            provider_count: providers,
             history: VecDeque::new(),
         }
     }
 
     /// The counters of jobs of `pool` from `provider`.
     pub(crate) fn pair(&mut self, pool: usize, provider: usize) -> &mut Counters {
-        self.pairs.entry((pool, provider)).or_default()
+        &mut self.pairs[pool * self.provider_count + provider]
     }
 
     pub(crate) fn snapshot(
@@ -315,12 +318,15 @@ impl Stats {
                 },
             );
         }
-        for ((pool, provider), c) in &self.pairs {
-            let (Some((kind, _)), Some(h)) =
-                (names.pools.get(*pool), names.providers.get(*provider))
+        for (i, c) in self.pairs.iter().enumerate() {
+            let (pool, provider) = (i / self.provider_count, i % self.provider_count);
+            let (Some((kind, _)), Some(h)) = (names.pools.get(pool), names.providers.get(provider))
             else {
                 continue;
             };
+            if *c == Counters::default() {
+                continue; // only pairs that have seen a job
+            }
             s.by_type_and_provider.push(PairStats {
                 kind: kind.to_string(),
                 provider: h.name().to_string(),
