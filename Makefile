@@ -1,7 +1,7 @@
 # goworker — see README.md. `make test` installs what the tests need.
 CARGO ?= cargo
 
-.PHONY: build run test deps bench lint ci doc
+.PHONY: build run test deps bench bench-http bench-disk lint ci doc
 
 build:
 	$(CARGO) build --release
@@ -19,6 +19,14 @@ deps:
 
 bench: deps
 	$(CARGO) bench
+
+# HTTP provider vs a bare tiny_http server (see BENCHMARKS.md).
+bench-http:
+	$(CARGO) bench --bench http
+
+# The disk provider end to end against raw redb (BENCHMARKS.md).
+bench-disk:
+	$(CARGO) bench --bench disk
 
 lint:
 	$(CARGO) fmt --check

@@ -411,8 +411,9 @@ impl Shared {
             .headers()
             .iter()
             .find(|h| h.field.equiv("Authorization"))
-            .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|h| h.value.as_str().trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
         let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes())));
         if ok {
             return Ok(());
@@ -452,7 +453,8 @@ impl Shared {
                 for j in &s.jobs {
                     log::debug!("job {} ({}): stored over http", j.id, j.name());
                 }
-                accepted(&s.jobs, s.bulk)
+                let ids: Vec<String> = s.jobs.iter().map(|j| j.id.clone()).collect();
+                accepted(&ids, s.bulk)
             }
             Err(e) => {
                 log::error!("provider {}: storing jobs: {e}", self.ctx.name());
@@ -499,7 +501,6 @@ impl Shared {
         acker: impl Fn(&Job) -> Box<dyn Acker>,
     ) -> Result<Answer, Answer> {
         let mut ids = Vec::with_capacity(jobs.len());
-        let all: Vec<Job> = if bulk { jobs.clone() } else { Vec::new() };
         for job in jobs {
             let id = job.id.clone();
             log::debug!("job {id} ({}): received over http", job.name());
@@ -520,22 +521,16 @@ impl Shared {
             }
             ids.push(id);
         }
-        if bulk {
-            return Ok(accepted(&all, true));
-        }
-        Ok(Answer::json(
-            202,
-            json!({ "id": ids.first().cloned().unwrap_or_default(), "status": "accepted" }),
-        ))
+        Ok(accepted(&ids, bulk))
     }
 }
 
-fn accepted(jobs: &[Job], bulk: bool) -> Answer {
+/// `202`: `{"id","status"}`, or `{"ids","status"}` for a bulk submit.
+fn accepted(ids: &[String], bulk: bool) -> Answer {
     if bulk {
-        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
         return Answer::json(202, json!({ "ids": ids, "status": "accepted" }));
     }
-    let id = jobs.first().map(|j| j.id.as_str()).unwrap_or_default();
+    let id = ids.first().map(String::as_str).unwrap_or_default();
     Answer::json(202, json!({ "id": id, "status": "accepted" }))
 }
 

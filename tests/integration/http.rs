@@ -332,6 +332,9 @@ fn full_pipeline_and_shutdown_answer_503_with_retry_after() {
         assert_eq!(a.status, 202, "{a:?}");
     }
     let full = full.expect("the pipeline never filled");
+    // Still serving while full: the stats answer, and so does a bad request.
+    assert_eq!(get(&format!("{}/healthz", s.stats)).status, 200);
+    assert_eq!(post(&agent(), &url, "{").status, 400);
     assert_eq!(full.retry_after.as_deref(), Some("1"), "{full:?}");
     assert!(full.json()["error"].as_str().unwrap().contains("full"));
 
