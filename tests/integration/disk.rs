@@ -674,3 +674,36 @@ fn a_full_disk_answers_503_acknowledges_only_what_was_stored_and_keeps_running()
     // have reached the file, so it runs at most once.
     assert!(runs_of(d, &format!("big-{}", accepted.len())).len() <= 1);
 }
+
+#[test]
+fn bad_disk_options_stop_check_with_exit_2() {
+    let dir = temp_dir();
+    let d = dir.path();
+    for (options, expect) in [
+        ("", "path"),
+        (
+            "    path: ./q.redb\n    durability: sometimes\n",
+            "durability",
+        ),
+        ("    path: ./q.redb\n    batch: 0\n", "batch"),
+        ("    path: ./q.redb\n    colour: blue\n", "colour"),
+    ] {
+        let cfg = format!(
+            "providers:\n  - type: disk\n    name: local\n{options}workers:\n  - type: noop\n"
+        );
+        write_config(d, &cfg);
+        let (code, _, err) = goworker(&["check", "-c", "config.yaml"], d);
+        assert_eq!(code, 2, "{options}: {err}");
+        assert!(err.contains(expect), "{options}: {err}");
+    }
+    write_config(
+        d,
+        "providers:\n  - type: disk\n    path: ./q.redb\n    durability: eventual\nworkers:\n  - type: noop\n",
+    );
+    let (code, _, err) = goworker(&["check", "-c", "config.yaml"], d);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !d.join("q.redb").exists(),
+        "check must not create the queue"
+    );
+}

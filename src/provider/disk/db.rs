@@ -23,6 +23,14 @@ const DEAD: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dead");
 /// `next_seq`: the next job sequence number.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// Most job bytes one fetch moves to in-flight (at least one job).
+const FETCH_BYTES: usize = 1 << 20;
+
+/// Free space kept on the queue's file system for fetching and
+/// acknowledging the jobs already stored: submissions that would eat into
+/// it are refused, so that a full disk still drains.
+const RESERVE_BYTES: u64 = 2 << 20;
+
 /// Unix seconds as whole microseconds (negative and NaN: 0).
 pub(super) fn micros(secs: f64) -> u64 {
     if secs.is_finite() && secs > 0.0 {
@@ -145,6 +153,27 @@ impl Store {
         }
     }
 
+    /// Refuses `bytes` of new jobs when they (twice: copy-on-write) would
+    /// leave less than [`RESERVE_BYTES`] free where the file lives.
+    pub(super) fn check_room(&self, bytes: u64) -> Result<(), String> {
+        let dir = match self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(d) => d.to_path_buf(),
+            None => PathBuf::from("."),
+        };
+        let Some(free) = free_bytes(&dir) else {
+            return Ok(());
+        };
+        let need = bytes.saturating_mul(2).saturating_add(RESERVE_BYTES);
+        if free < need {
+            return Err(format!(
+                "{}: no room to store the job(s): {free} bytes free, {need} needed \
+                 (a reserve of {RESERVE_BYTES} is kept to finish the stored jobs)",
+                self.path.display()
+            ));
+        }
+        Ok(())
+    }
+
     /// Runs `f` on the database, opening it first when an earlier I/O
     /// error closed it; an I/O error closes it again.
     fn with_db<R>(&self, f: impl FnOnce(&Database) -> Result<R, redb::Error>) -> Result<R, String> {
@@ -217,9 +246,15 @@ impl Store {
             let mut inflight = tx.open_table(IN_FLIGHT)?;
             let mut out = Fetched::default();
             let mut taken = Vec::new();
+            let mut bytes = 0;
             for item in pending.range(..=(now, u64::MAX))?.take(max) {
                 let (k, v) = item?;
                 taken.push((k.value(), v.value().to_vec()));
+                // Copy-on-write needs room for what moves: keep it bounded.
+                bytes += v.value().len();
+                if bytes >= FETCH_BYTES {
+                    break;
+                }
             }
             for ((due, seq), job) in taken {
                 pending.remove((due, seq))?;
@@ -361,4 +396,22 @@ impl Store {
             ))
         })
     }
+}
+
+/// Bytes available to this process on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is written by
+    // statvfs before it is read (only when it returns 0).
+    let r = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between targets (u32 on some 32-bit ones).
+    #[allow(clippy::unnecessary_cast)]
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }

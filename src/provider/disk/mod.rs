@@ -139,6 +139,19 @@ impl DiskProvider {
         })
     }
 
+    /// Commits what is queued, stops the writer thread and closes the file.
+    fn stop_writer(&mut self) {
+        if let Some(h) = self.writer.take() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if self.shared.ops.send(Op::Flush(tx)).is_ok() {
+                let _ = rx.recv();
+            }
+            let _ = self.shared.ops.send(Op::Stop);
+            let _ = h.join();
+        }
+        self.shared.store.close();
+    }
+
     fn provider_error(&self, message: impl Into<String>) -> Error {
         Error::provider(&self.shared.name, message)
     }
@@ -233,15 +246,7 @@ impl Provider for DiskProvider {
     }
 
     fn finish(&mut self) {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.shared.ops.send(Op::Flush(tx)).is_ok() {
-            let _ = rx.recv();
-        }
-        let _ = self.shared.ops.send(Op::Stop);
-        if let Some(h) = self.writer.take() {
-            let _ = h.join();
-        }
-        self.shared.store.close();
+        self.stop_writer();
     }
 
     fn store(&self) -> Option<Arc<dyn JobStore>> {
@@ -250,6 +255,14 @@ impl Provider for DiskProvider {
 
     fn admin(&mut self) -> Option<&mut dyn ProviderAdmin> {
         Some(&mut self.admin)
+    }
+}
+
+impl Drop for DiskProvider {
+    /// A provider opened but never run (another provider failed to open)
+    /// still stops its writer and closes the file.
+    fn drop(&mut self) {
+        self.stop_writer();
     }
 }
 

@@ -235,13 +235,20 @@ impl JobStore for DiskStore {
             return Err(Error::ShuttingDown);
         }
         let now = super::db::now_micros();
-        let rows = jobs
+        let rows: Vec<(u64, Vec<u8>)> = jobs
             .iter()
             .map(|j| {
                 let due = j.run_at.map_or(now, super::db::micros);
                 (due, j.to_json().into_bytes())
             })
             .collect();
+        let bytes = rows
+            .iter()
+            .map(|(_, j): &(u64, Vec<u8>)| j.len() as u64)
+            .sum();
+        s.store
+            .check_room(bytes)
+            .map_err(|e| Error::provider(&s.name, e))?;
         let (tx, rx) = crossbeam_channel::bounded(1);
         if s.ops.send(Op::Change(Change::Put(rows), Some(tx))).is_err() {
             return Err(Error::ShuttingDown);
