@@ -26,6 +26,14 @@ pub enum Control {
     Abort,
     /// A provider's thread failed; shut down and exit non-zero.
     ProviderFailed(String),
+    /// Change a pool's thread count while jobs run (SIGHUP reload): grow
+    /// at once, or let surplus threads exit after their current job.
+    Resize {
+        /// The pool's name.
+        pool: String,
+        /// The new number of threads (at least 1).
+        count: usize,
+    },
 }
 
 /// Observation hooks called on the manager thread; keep them quick.
@@ -460,7 +468,34 @@ impl Loop {
                 self.report.failed_provider = Some(name);
                 self.begin_shutdown();
             }
+            Control::Resize { pool, count } => self.resize(&pool, count),
         }
+    }
+
+    /// Resizes a pool; refused while shutting down or for an unknown pool.
+    fn resize(&mut self, name: &str, count: usize) {
+        let Some(&i) = self.routes.get(name) else {
+            log::warn!("resize refused: no pool named {name:?}");
+            return;
+        };
+        if self.state != State::Running {
+            log::warn!("resize of pool {name} refused: shutting down");
+            return;
+        }
+        let pool = &mut self.m.pools[i];
+        let old = pool.config.count;
+        if count == 0 || count == old {
+            return;
+        }
+        let result = pool.resize(count);
+        let new = pool.config.count;
+        // The manager holds at most threads + channel bound jobs.
+        self.limit = self.limit + new - old;
+        match result {
+            Ok(()) => log::info!("pool {name}: resized from {old} to {new} thread(s)"),
+            Err(e) => log::error!("pool {name}: resized from {old} to {new} thread(s), not {count}: {e}"),
+        }
+        self.publish();
     }
 
     fn begin_shutdown(&mut self) {

@@ -3,14 +3,18 @@
 //! builds a fresh worker and carries on, so the pool keeps its size.
 //! Threads check the draining flag before starting queued work, so at
 //! shutdown queued tasks go back un-run.
+//!
+//! A pool can be resized while it runs (SIGHUP): growing spawns threads,
+//! shrinking queues one `Retire` message per surplus thread, so the threads
+//! that take them exit between jobs and nothing queued is lost.
 
 use crate::config::PoolConfig;
 use crate::job::{Job, Outcome};
 use crate::worker::{AbortSlot, JobContext};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, SendError, Sender};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,11 +34,35 @@ pub(crate) struct Done {
     pub(crate) duration: Duration,
 }
 
+/// What a pool thread takes from its queue.
+// Boxing the task would cost an allocation per job; `Retire` is rare.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Run(Task),
+    /// Exit between jobs: the pool shrinks by one thread.
+    Retire,
+}
+
+/// The abort slots of the pool's live threads, shared with [`Aborter`]s so
+/// threads added by a resize can be killed too.
+type Slots = Arc<Mutex<Vec<Arc<AbortSlot>>>>;
+
 pub(crate) struct Pool {
     pub(crate) config: PoolConfig,
-    tx: Option<Sender<Task>>,
-    slots: Vec<Arc<AbortSlot>>,
+    tx: Option<Sender<Msg>>,
+    slots: Slots,
     threads: Vec<JoinHandle<()>>,
+    seed: Seed,
+    spawned: usize,
+}
+
+/// What a new pool thread is built from.
+struct Seed {
+    pool: usize,
+    capture_limit: usize,
+    rx: Receiver<Msg>,
+    done: Sender<Done>,
+    draining: Arc<AtomicBool>,
 }
 
 impl Pool {
@@ -45,40 +73,87 @@ impl Pool {
         done: Sender<Done>,
         draining: Arc<AtomicBool>,
     ) -> std::io::Result<Pool> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Task>();
+        let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+        let count = config.count;
         let mut pool = Pool {
             config,
             tx: Some(tx),
-            slots: Vec::new(),
+            slots: Slots::default(),
             threads: Vec::new(),
-        };
-        for n in 0..pool.config.count {
-            let slot = Arc::new(AbortSlot::default());
-            let t = Thread {
+            seed: Seed {
                 pool: index,
-                spec: pool.config.clone(),
                 capture_limit,
-                rx: rx.clone(),
-                done: done.clone(),
-                draining: draining.clone(),
-                slot: slot.clone(),
-            };
-            let name = format!("goworker-{}-{n}", pool.config.name);
-            let handle = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || t.run())?;
-            pool.slots.push(slot);
-            pool.threads.push(handle);
+                rx,
+                done,
+                draining,
+            },
+            spawned: 0,
+        };
+        for _ in 0..count {
+            pool.spawn_thread()?;
         }
         Ok(pool)
     }
 
+    fn spawn_thread(&mut self) -> std::io::Result<()> {
+        let slot = Arc::new(AbortSlot::default());
+        let t = Thread {
+            pool: self.seed.pool,
+            spec: self.config.clone(),
+            capture_limit: self.seed.capture_limit,
+            rx: self.seed.rx.clone(),
+            done: self.seed.done.clone(),
+            draining: self.seed.draining.clone(),
+            slot: slot.clone(),
+            slots: self.slots.clone(),
+        };
+        let name = format!("goworker-{}-{}", self.config.name, self.spawned);
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || t.run())?;
+        self.spawned += 1;
+        if let Ok(mut s) = self.slots.lock() {
+            s.push(slot);
+        }
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    /// Changes the number of threads to `count` (at least 1). Growing
+    /// spawns threads now; shrinking asks surplus threads to exit once
+    /// they finish their current job, so no queued task is lost.
+    ///
+    /// # Errors
+    /// A thread that cannot be spawned; the pool keeps the threads it has.
+    pub(crate) fn resize(&mut self, count: usize) -> std::io::Result<()> {
+        let count = count.max(1);
+        let current = self.config.count;
+        self.threads.retain(|t| !t.is_finished());
+        if count > current {
+            for _ in current..count {
+                self.spawn_thread()?;
+                self.config.count += 1;
+            }
+        } else if let Some(tx) = &self.tx {
+            for _ in count..current {
+                if tx.send(Msg::Retire).is_err() {
+                    break;
+                }
+                self.config.count -= 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Queues a task; it never blocks (the manager bounds what it queues).
     pub(crate) fn send(&self, task: Task) -> Result<(), Task> {
-        match &self.tx {
-            Some(tx) => tx.send(task).map_err(|e| e.into_inner()),
-            None => Err(task),
+        let Some(tx) = &self.tx else {
+            return Err(task);
+        };
+        if let Err(SendError(Msg::Run(task))) = tx.send(Msg::Run(task)) {
+            return Err(task);
         }
+        Ok(())
     }
 
     /// Kills what every thread is running (shutdown deadline, second signal).
@@ -88,7 +163,7 @@ impl Pool {
 
     /// A handle that kills what the pool runs, usable from any thread.
     pub(crate) fn aborter(&self) -> Aborter {
-        Aborter(Arc::new(self.slots.clone()))
+        Aborter(self.slots.clone())
     }
 
     /// Closes the queue: threads finish what they hold, then exit.
@@ -106,12 +181,14 @@ impl Pool {
 
 /// Kills what one pool's threads are running.
 #[derive(Debug, Clone)]
-pub(crate) struct Aborter(Arc<Vec<Arc<AbortSlot>>>);
+pub(crate) struct Aborter(Slots);
 
 impl Aborter {
     pub(crate) fn abort(&self) {
-        for s in self.0.iter() {
-            s.abort();
+        if let Ok(slots) = self.0.lock() {
+            for s in slots.iter() {
+                s.abort();
+            }
         }
     }
 }
@@ -120,16 +197,21 @@ struct Thread {
     pool: usize,
     spec: PoolConfig,
     capture_limit: usize,
-    rx: Receiver<Task>,
+    rx: Receiver<Msg>,
     done: Sender<Done>,
     draining: Arc<AtomicBool>,
     slot: Arc<AbortSlot>,
+    slots: Slots,
 }
 
 impl Thread {
     fn run(self) {
         let mut worker = self.spec.spec.new_worker();
-        while let Ok(task) = self.rx.recv() {
+        while let Ok(msg) = self.rx.recv() {
+            let task = match msg {
+                Msg::Run(task) => task,
+                Msg::Retire => return self.retire(),
+            };
             if self.draining.load(Ordering::Acquire) {
                 let d = Done {
                     pool: self.pool,
@@ -169,6 +251,20 @@ impl Thread {
                 return;
             }
         }
+    }
+}
+
+impl Thread {
+    /// Leaves the pool: its slot no longer needs killing.
+    fn retire(self) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.retain(|s| !Arc::ptr_eq(s, &self.slot));
+        }
+        log::debug!(
+            "pool {}: thread {} retired",
+            self.spec.name,
+            std::thread::current().name().unwrap_or("?")
+        );
     }
 }
 
