@@ -306,9 +306,7 @@ fn serve(config: Config, path: Option<PathBuf>, registry: Registry) -> Result<()
         code: 1,
         message: format!("cannot install signal handlers: {e}"),
     })?;
-    let service = Service::builder(config)
-        .hooks(Notify::from_env())
-        .build()?;
+    let service = Service::builder(config).hooks(Notify::from_env()).build()?;
     // A provider that cannot open its source (corrupt database, port in
     // use) is a start-up failure, like a bad config: exit 2.
     let running = service.start().map_err(|e| Failure {
@@ -389,13 +387,20 @@ impl Reload {
                 return;
             }
         };
+        log::info!(
+            "reload: {} is valid; applying worker counts (other changes need a restart)",
+            path.display()
+        );
         let running = self.stats.snapshot();
         for p in &config.pools {
             if running.types.contains_key(&p.name) {
                 // The manager changes only what differs, and logs it.
                 self.handle.resize(&p.name, p.count);
             } else {
-                log::warn!("reload: pool {} is new; adding a pool needs a restart", p.name);
+                log::warn!(
+                    "reload: pool {} is new; adding a pool needs a restart",
+                    p.name
+                );
             }
         }
         for name in running.types.keys() {
@@ -405,9 +410,6 @@ impl Reload {
                 );
             }
         }
-        log::info!(
-            "reload: worker counts applied (other changes take effect at the next restart)"
-        );
     }
 }
 

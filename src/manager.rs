@@ -493,7 +493,9 @@ impl Loop {
         self.limit = self.limit + new - old;
         match result {
             Ok(()) => log::info!("pool {name}: resized from {old} to {new} thread(s)"),
-            Err(e) => log::error!("pool {name}: resized from {old} to {new} thread(s), not {count}: {e}"),
+            Err(e) => {
+                log::error!("pool {name}: resized from {old} to {new} thread(s), not {count}: {e}")
+            }
         }
         self.publish();
     }

@@ -238,7 +238,11 @@ mod tests {
             "queue".into(),
             ProviderStats {
                 up,
-                reason: if up { String::new() } else { "refused\nretrying".into() },
+                reason: if up {
+                    String::new()
+                } else {
+                    "refused\nretrying".into()
+                },
                 ..ProviderStats::default()
             },
         );
@@ -255,7 +259,10 @@ mod tests {
     #[test]
     fn status_names_providers_still_down_on_one_line() {
         let line = status_line(&snapshot(false), false);
-        assert_eq!(line, "starting: waiting for provider(s) queue (refused retrying)");
+        assert_eq!(
+            line,
+            "starting: waiting for provider(s) queue (refused retrying)"
+        );
     }
 
     #[test]
