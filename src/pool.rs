@@ -146,6 +146,7 @@ impl Pool {
     }
 
     /// Queues a task; it never blocks (the manager bounds what it queues).
+    #[allow(clippy::result_large_err)] // the task comes back to be released
     pub(crate) fn send(&self, task: Task) -> Result<(), Task> {
         let Some(tx) = &self.tx else {
             return Err(task);
