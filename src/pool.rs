@@ -4,16 +4,17 @@
 //! Threads check the draining flag before starting queued work, so at
 //! shutdown queued tasks go back un-run.
 //!
-//! A pool can be resized while it runs (SIGHUP): growing spawns threads,
-//! shrinking queues one `Retire` message per surplus thread, so the threads
-//! that take them exit between jobs and nothing queued is lost.
+//! A pool can be resized while it runs (SIGHUP): growing spawns threads;
+//! shrinking adds retirement tokens that threads claim before taking work,
+//! so surplus threads exit after their current job and nothing queued is
+//! lost. A `Retire` message per token wakes threads that wait idle.
 
 use crate::config::PoolConfig;
 use crate::job::{Job, Outcome};
 use crate::worker::{AbortSlot, JobContext};
 use crossbeam_channel::{Receiver, SendError, Sender};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,7 +40,7 @@ pub(crate) struct Done {
 #[allow(clippy::large_enum_variant)]
 enum Msg {
     Run(Task),
-    /// Exit between jobs: the pool shrinks by one thread.
+    /// Wakes an idle thread to claim a retirement token, if one is left.
     Retire,
 }
 
@@ -54,6 +55,8 @@ pub(crate) struct Pool {
     threads: Vec<JoinHandle<()>>,
     seed: Seed,
     spawned: usize,
+    /// Threads asked to exit that have not yet done so.
+    retiring: Arc<AtomicUsize>,
 }
 
 /// What a new pool thread is built from.
@@ -88,6 +91,7 @@ impl Pool {
                 draining,
             },
             spawned: 0,
+            retiring: Arc::default(),
         };
         for _ in 0..count {
             pool.spawn_thread()?;
@@ -106,6 +110,7 @@ impl Pool {
             draining: self.seed.draining.clone(),
             slot: slot.clone(),
             slots: self.slots.clone(),
+            retiring: self.retiring.clone(),
         };
         let name = format!("goworker-{}-{}", self.config.name, self.spawned);
         let handle = std::thread::Builder::new()
@@ -130,16 +135,20 @@ impl Pool {
         let current = self.config.count;
         self.threads.retain(|t| !t.is_finished());
         if count > current {
-            for _ in current..count {
+            // Threads still due to retire stay instead of new ones.
+            let kept = claim_up_to(&self.retiring, count - current);
+            self.config.count += kept;
+            for _ in self.config.count..count {
                 self.spawn_thread()?;
                 self.config.count += 1;
             }
-        } else if let Some(tx) = &self.tx {
-            for _ in count..current {
-                if tx.send(Msg::Retire).is_err() {
-                    break;
+        } else if count < current {
+            self.retiring.fetch_add(current - count, Ordering::AcqRel);
+            self.config.count = count;
+            if let Some(tx) = &self.tx {
+                for _ in count..current {
+                    let _ = tx.send(Msg::Retire);
                 }
-                self.config.count -= 1;
             }
         }
         Ok(())
@@ -203,15 +212,24 @@ struct Thread {
     draining: Arc<AtomicBool>,
     slot: Arc<AbortSlot>,
     slots: Slots,
+    retiring: Arc<AtomicUsize>,
 }
 
 impl Thread {
     fn run(self) {
         let mut worker = self.spec.spec.new_worker();
-        while let Ok(msg) = self.rx.recv() {
-            let task = match msg {
-                Msg::Run(task) => task,
-                Msg::Retire => return self.retire(),
+        loop {
+            // Checked before taking work, so a busy thread asked to retire
+            // leaves after its current job and never strands a task.
+            if claim_up_to(&self.retiring, 1) == 1 {
+                return self.retire();
+            }
+            let task = match self.rx.recv() {
+                Ok(Msg::Run(task)) => task,
+                // Claimed above on the next turn, unless another thread was
+                // quicker.
+                Ok(Msg::Retire) => continue,
+                Err(_) => return,
             };
             if self.draining.load(Ordering::Acquire) {
                 let d = Done {
@@ -267,6 +285,18 @@ impl Thread {
             std::thread::current().name().unwrap_or("?")
         );
     }
+}
+
+/// Takes up to `n` from `counter` atomically; returns how many it took.
+fn claim_up_to(counter: &AtomicUsize, n: usize) -> usize {
+    let mut taken = 0;
+    // Returning None when there is nothing to take skips the write, so the
+    // per-job check is a plain load.
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+        taken = c.min(n);
+        (taken > 0).then(|| c - taken)
+    });
+    taken
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -54,8 +54,10 @@ fn has_line(msg: &str, line: &str) -> bool {
 
 const NOOP_CONFIG: &str = "\
 manager:
+  stats_listen: null
   shutdown_timeout: 10s
-providers: []
+providers:
+  - type: memory
 workers:
   - type: noop
     count: 2
@@ -238,6 +240,7 @@ fn pools_config(cli: usize) -> String {
     format!(
         "\
 manager:
+  stats_listen: null
   shutdown_timeout: 10s
 providers: []
 workers:
@@ -250,37 +253,80 @@ workers:
     )
 }
 
-#[test]
-fn sighup_changes_worker_counts_and_refuses_a_broken_config() {
-    let dir = temp_dir();
-    let mut g = Goworker::start(dir.path(), &pools_config(2));
-    let cfg = dir.path().join("config.yaml");
-    assert!(wait_until(PATIENCE, || g.threads_named("goworker-cli-") == 2));
+/// A config whose memory provider runs `jobs` gated cli jobs: `job.sh N`
+/// notes N in `started`, waits for the file `gate`, then notes N in `done`.
+fn gated_config(dir: &Path, cli: usize, jobs: usize) -> String {
+    let job = dir.join("job.sh");
+    let jobs: Vec<_> = (1..=jobs)
+        .map(|n| serde_json::json!({"type": "cli", "params": {"command": job, "params": [n.to_string()]}}))
+        .collect();
+    format!(
+        "\
+manager:
+  stats_listen: null
+  shutdown_timeout: 10s
+providers:
+  - type: memory
+    jobs: {}
+workers:
+  - type: cli
+    count: {cli}
+    allow: [{}]
+",
+        serde_json::to_string(&jobs).expect("json"),
+        job.display()
+    )
+}
 
-    std::fs::write(&cfg, pools_config(4)).expect("write config");
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn sighup_changes_worker_counts_while_jobs_run_and_loses_none() {
+    const JOBS: usize = 12;
+    let dir = temp_dir();
+    let d = dir.path();
+    let (started, gate, done) = (d.join("started"), d.join("gate"), d.join("done"));
+    script(
+        d,
+        "job.sh",
+        &format!(
+            "echo $1 >> {}\nwhile [ ! -e {} ]; do sleep 0.05; done\necho $1 >> {}",
+            started.display(),
+            gate.display(),
+            done.display()
+        ),
+    );
+    let cfg = d.join("config.yaml");
+    let mut g = Goworker::start(d, &gated_config(d, 2, JOBS));
+    // Two threads, each held by a running job.
+    assert!(wait_until(PATIENCE, || lines(&started).len() == 2));
+    assert_eq!(g.threads_named("goworker-cli-"), 2);
+
+    // Grow while they run: the new threads take queued jobs at once.
+    std::fs::write(&cfg, gated_config(d, 4, JOBS)).expect("write config");
     g.signal(libc::SIGHUP);
     assert!(
-        wait_until(PATIENCE, || g
-            .log_text()
-            .contains("pool cli: resized from 2 to 4 thread(s)")),
+        wait_until(PATIENCE, || lines(&started).len() == 4),
         "{}",
         g.log_text()
     );
-    assert!(wait_until(PATIENCE, || g.threads_named("goworker-cli-") == 4));
-
-    std::fs::write(&cfg, pools_config(1)).expect("write config");
-    g.signal(libc::SIGHUP);
-    assert!(wait_until(PATIENCE, || g.threads_named("goworker-cli-") == 1));
+    assert_eq!(g.threads_named("goworker-cli-"), 4);
     assert!(
         g.log_text()
-            .contains("pool cli: resized from 4 to 1 thread(s)")
+            .contains("pool cli: resized from 2 to 4 thread(s)")
     );
 
     // A config that does not validate: refused, with the file, the key
-    // and the reason; the pools keep their size.
+    // and the reason; the pool keeps its size.
     std::fs::write(
         &cfg,
-        pools_config(1).replace("count: 1\n    allow", "count: many\n    allow"),
+        gated_config(d, 4, JOBS).replace("count: 4", "count: many"),
     )
     .expect("write config");
     g.signal(libc::SIGHUP);
@@ -297,14 +343,38 @@ fn sighup_changes_worker_counts_and_refuses_a_broken_config() {
     assert!(refused.contains("the running config stays"), "{refused}");
     assert!(refused.contains("config.yaml"), "{refused}");
     assert!(refused.contains("workers[0].count"), "{refused}");
-    assert_eq!(g.threads_named("goworker-cli-"), 1);
+    assert_eq!(g.threads_named("goworker-cli-"), 4);
 
-    // Still serving, and a good config applies again.
-    std::fs::write(&cfg, pools_config(3)).expect("write config");
+    // Shrink while all four are busy: three leave after their job.
+    std::fs::write(&cfg, gated_config(d, 1, JOBS)).expect("write config");
+    g.signal(libc::SIGHUP);
+    assert!(wait_until(PATIENCE, || g
+        .log_text()
+        .contains("pool cli: resized from 4 to 1 thread(s)")));
+    std::fs::write(&gate, "").expect("open the gate");
+    assert!(wait_until(PATIENCE, || g.threads_named("goworker-cli-") == 1));
+    assert!(
+        wait_until(PATIENCE, || lines(&done).len() == JOBS),
+        "{}",
+        g.log_text()
+    );
+    // Every job ran to the end exactly once.
+    let mut ran = lines(&done);
+    ran.sort_by_key(|n| n.parse::<usize>().unwrap_or(0));
+    let want: Vec<String> = (1..=JOBS).map(|n| n.to_string()).collect();
+    assert_eq!(ran, want);
+    assert_eq!(lines(&started).len(), JOBS);
+
+    // Still serving reloads.
+    std::fs::write(&cfg, gated_config(d, 3, JOBS)).expect("write config");
     g.signal(libc::SIGHUP);
     assert!(wait_until(PATIENCE, || g.threads_named("goworker-cli-") == 3));
     g.sigterm();
     assert_eq!(g.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    let log = g.log_text();
+    assert!(log.contains("stopped: 0 job(s) handed back"), "{log}");
+    assert!(!log.contains("un-finished"), "{log}");
+    assert!(!log.contains("failed"), "{log}");
 }
 
 #[test]
