@@ -478,15 +478,19 @@ impl Loop {
             log::warn!("resize refused: no pool named {name:?}");
             return;
         };
+        let old = self.m.pools[i].config.count;
+        if count == old {
+            return;
+        }
+        if count == 0 {
+            log::warn!("resize of pool {name} refused: a pool needs at least 1 thread");
+            return;
+        }
         if self.state != State::Running {
             log::warn!("resize of pool {name} refused: shutting down");
             return;
         }
         let pool = &mut self.m.pools[i];
-        let old = pool.config.count;
-        if count == 0 || count == old {
-            return;
-        }
         let result = pool.resize(count);
         let new = pool.config.count;
         // The manager holds at most threads + channel bound jobs.
