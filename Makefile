@@ -1,7 +1,7 @@
 # goworker — see README.md. `make test` installs what the tests need.
 CARGO ?= cargo
 
-.PHONY: build run test deps bench lint ci doc install
+.PHONY: build run test deps bench bench-http lint ci doc install
 
 build:
 	$(CARGO) build --release
@@ -19,6 +19,10 @@ deps:
 
 bench: deps
 	$(CARGO) bench
+
+# HTTP provider vs a bare tiny_http server (see BENCHMARKS.md).
+bench-http:
+	$(CARGO) bench --bench http
 
 lint:
 	$(CARGO) fmt --check

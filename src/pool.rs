@@ -12,7 +12,7 @@
 use crate::config::PoolConfig;
 use crate::job::{Job, Outcome};
 use crate::worker::{AbortSlot, JobContext};
-use crossbeam_channel::{Receiver, SendError, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,14 @@ pub(crate) struct Done {
     /// `None` when the task was handed back un-run (draining).
     pub(crate) outcome: Option<Outcome>,
     pub(crate) duration: Duration,
+}
+
+/// Why a pool did not take a task.
+pub(crate) enum Refused {
+    /// Its queue is full: keep the task and try again after an outcome.
+    Full(Task),
+    /// It is closed (shutdown): release the task.
+    Closed(Task),
 }
 
 /// What a pool thread takes from its queue.
@@ -72,11 +80,14 @@ impl Pool {
     pub(crate) fn start(
         index: usize,
         config: PoolConfig,
+        queue: usize,
         capture_limit: usize,
         done: Sender<Done>,
         draining: Arc<AtomicBool>,
     ) -> std::io::Result<Pool> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+        // Bounded, so tasks live in preallocated slots; the manager keeps
+        // what does not fit in its own backlog and never blocks here.
+        let (tx, rx) = crossbeam_channel::bounded::<Msg>(queue);
         let count = config.count;
         let mut pool = Pool {
             config,
@@ -146,24 +157,29 @@ impl Pool {
             self.retiring.fetch_add(current - count, Ordering::AcqRel);
             self.config.count = count;
             if let Some(tx) = &self.tx {
+                // Wakes idle threads. A full queue means every thread is
+                // busy and claims its token before taking more work.
                 for _ in count..current {
-                    let _ = tx.send(Msg::Retire);
+                    let _ = tx.try_send(Msg::Retire);
                 }
             }
         }
         Ok(())
     }
 
-    /// Queues a task; it never blocks (the manager bounds what it queues).
-    #[allow(clippy::result_large_err)] // the task comes back to be released
-    pub(crate) fn send(&self, task: Task) -> Result<(), Task> {
+    /// Queues a task without blocking.
+    #[allow(clippy::result_large_err)] // the task comes back to be kept or released
+    pub(crate) fn send(&self, task: Task) -> Result<(), Refused> {
         let Some(tx) = &self.tx else {
-            return Err(task);
+            return Err(Refused::Closed(task));
         };
-        if let Err(SendError(Msg::Run(task))) = tx.send(Msg::Run(task)) {
-            return Err(task);
+        match tx.try_send(Msg::Run(task)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Msg::Run(t))) => Err(Refused::Full(t)),
+            Err(TrySendError::Disconnected(Msg::Run(t))) => Err(Refused::Closed(t)),
+            // Only tasks are sent here.
+            Err(_) => Ok(()),
         }
-        Ok(())
     }
 
     /// Kills what every thread is running (shutdown deadline, second signal).

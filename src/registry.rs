@@ -106,6 +106,7 @@ impl Registry {
         r.register_worker::<crate::worker::noop::Noop>();
         r.register_failure_handler::<crate::failure::file::FileHandlerType>();
         r.register_provider::<crate::provider::memory::MemoryType>();
+        r.register_provider::<crate::provider::http::HttpProviderType>();
         r
     }
 
