@@ -345,18 +345,32 @@ fn sighup_changes_worker_counts_while_jobs_run_and_loses_none() {
     assert!(refused.contains("workers[0].count"), "{refused}");
     assert_eq!(g.threads_named("goworker-cli-"), 4);
 
-    // Shrink while all four are busy: three leave after their job.
+    // Shrink while all four are busy: three are due to leave after their
+    // job. Then grow to 2 before any job ends: one of them stays instead
+    // of a new thread starting.
     std::fs::write(&cfg, gated_config(d, 1, JOBS)).expect("write config");
     g.signal(libc::SIGHUP);
     assert!(wait_until(PATIENCE, || g
         .log_text()
         .contains("pool cli: resized from 4 to 1 thread(s)")));
+    std::fs::write(&cfg, gated_config(d, 2, JOBS)).expect("write config");
+    g.signal(libc::SIGHUP);
+    assert!(wait_until(PATIENCE, || g
+        .log_text()
+        .contains("pool cli: resized from 1 to 2 thread(s)")));
+    assert_eq!(lines(&done).len(), 0, "the gate is still closed");
     std::fs::write(&gate, "").expect("open the gate");
-    assert!(wait_until(PATIENCE, || g.threads_named("goworker-cli-") == 1));
+    assert!(wait_until(PATIENCE, || g.threads_named("goworker-cli-") == 2));
     assert!(
         wait_until(PATIENCE, || lines(&done).len() == JOBS),
         "{}",
         g.log_text()
+    );
+    let log = g.log_text();
+    assert_eq!(log.matches(" retired").count(), 2, "{log}");
+    assert!(
+        !log.contains("goworker-cli-4"),
+        "no thread was started: {log}"
     );
     // Every job ran to the end exactly once.
     let mut ran = lines(&done);
