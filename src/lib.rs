@@ -44,6 +44,7 @@ mod error;
 mod failure;
 mod job;
 mod manager;
+mod notify;
 mod pool;
 mod provider;
 mod registry;
@@ -63,6 +64,7 @@ pub use job::{
     unix_now, unix_to_time,
 };
 pub use manager::{Control, Hooks, NoHooks, ShutdownReport};
+pub use notify::Notify;
 pub use provider::memory::{MemoryHandle, MemoryProvider, Settled};
 pub use provider::{
     Acker, Delivery, Health, JobStore, Provider, ProviderAdmin, ProviderContext, ProviderType,

@@ -6,3 +6,4 @@ mod util;
 mod core;
 mod disk;
 mod http;
+mod systemd;
