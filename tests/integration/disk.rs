@@ -559,17 +559,41 @@ fn jobs_answered_202_run_after_kill_9_even_if_they_had_not_run() {
     let (code, out, err) = goworker(&["enqueue", "-c", "config.yaml", job.to_str().unwrap()], d);
     assert_eq!(code, 0, "{err}");
     assert!(!out.trim().is_empty());
+    // Naming the disk queue goes through the same http provider.
+    std::fs::write(&job, record_job(&rec, "enqueued-local", 0).to_string()).unwrap();
+    let (code, _, err) = goworker(
+        &[
+            "enqueue",
+            "-c",
+            "config.yaml",
+            "--provider",
+            "local",
+            job.to_str().unwrap(),
+        ],
+        d,
+    );
+    assert_eq!(code, 0, "{err}");
     g.sigkill();
-    for name in ["accepted-1", "accepted-2", "enqueued"] {
+    for name in ["accepted-1", "accepted-2", "enqueued", "enqueued-local"] {
         assert!(runs_of(d, name).is_empty(), "{name} ran before the kill");
     }
+    // With the service stopped, enqueue writes straight into the file.
+    std::fs::write(&job, record_job(&rec, "enqueued-offline", 0).to_string()).unwrap();
+    let (code, _, err) = goworker(&["enqueue", "-c", "config.yaml", job.to_str().unwrap()], d);
+    assert_eq!(code, 0, "{err}");
 
     std::fs::write(d.join("go"), "").unwrap();
     let g = Goworker::start(d, &cfg);
     assert!(
-        wait_until(PATIENCE, || ["accepted-1", "accepted-2", "enqueued"]
-            .iter()
-            .all(|n| runs_of(d, n).len() == 1)),
+        wait_until(PATIENCE, || [
+            "accepted-1",
+            "accepted-2",
+            "enqueued",
+            "enqueued-local",
+            "enqueued-offline"
+        ]
+        .iter()
+        .all(|n| runs_of(d, n).len() == 1)),
         "accepted jobs lost:\n{}",
         g.log_text()
     );
