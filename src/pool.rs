@@ -324,3 +324,32 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         "unknown panic".into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retirement_tokens_are_claimed_at_most_once() {
+        let tokens = AtomicUsize::new(3);
+        assert_eq!(claim_up_to(&tokens, 2), 2);
+        assert_eq!(claim_up_to(&tokens, 2), 1);
+        assert_eq!(claim_up_to(&tokens, 1), 0);
+        assert_eq!(tokens.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn concurrent_claims_never_exceed_the_tokens() {
+        let tokens = Arc::new(AtomicUsize::new(100));
+        let claimed: usize = (0..4)
+            .map(|_| {
+                let t = tokens.clone();
+                std::thread::spawn(move || (0..100).map(|_| claim_up_to(&t, 1)).sum::<usize>())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap_or(0))
+            .sum();
+        assert_eq!(claimed, 100);
+    }
+}
