@@ -44,11 +44,13 @@ mod error;
 mod failure;
 mod job;
 mod manager;
+mod notify;
 mod pool;
 mod provider;
 mod registry;
 mod service;
 mod stats;
+mod stats_server;
 mod worker;
 
 pub use backoff::{Backoff, Jitter};
@@ -62,6 +64,7 @@ pub use job::{
     unix_now, unix_to_time,
 };
 pub use manager::{Control, Hooks, NoHooks, ShutdownReport};
+pub use notify::Notify;
 pub use provider::memory::{MemoryHandle, MemoryProvider, Settled};
 pub use provider::{
     Acker, Delivery, Health, JobStore, Provider, ProviderAdmin, ProviderContext, ProviderType,
@@ -69,8 +72,8 @@ pub use provider::{
 pub use registry::{OptionDoc, Registry, TypeDoc};
 pub use service::{RunningService, Service, ServiceBuilder, ShutdownHandle};
 pub use stats::{
-    ChannelFill, Counters, DURATION_BUCKETS, DurationStats, ProviderStats, Snapshot, StatsReader,
-    TypeStats,
+    ChannelFill, Counters, DURATION_BUCKETS, DurationStats, PairStats, ProviderStats, Snapshot,
+    StatsReader, TypeStats,
 };
 pub use worker::{JobContext, PoolInfo, Worker, WorkerType};
 
@@ -82,4 +85,9 @@ pub mod noop {
 /// The built-in `cli` worker type.
 pub mod cli {
     pub use crate::worker::cli::{Cli, CliOptions};
+}
+
+/// The built-in `disk` provider type: a durable queue in a redb file.
+pub mod disk {
+    pub use crate::provider::disk::{Disk, DiskOptions, DiskProvider, DurabilityLevel};
 }

@@ -109,6 +109,8 @@ impl Registry {
         r.register_failure_handler::<crate::failure::http::HttpHandlerType>();
         r.register_failure_handler::<crate::failure::cli::CliHandlerType>();
         r.register_provider::<crate::provider::memory::MemoryType>();
+        r.register_provider::<crate::provider::http::HttpProviderType>();
+        r.register_provider::<crate::provider::disk::Disk>();
         r
     }
 

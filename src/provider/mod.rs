@@ -6,7 +6,11 @@
 //! [`Acker`], and the manager tells it exactly once how the job ended.
 //!
 //! - [`memory`]: an in-process channel, for tests and library users.
+//! - [`http`]: jobs submitted over HTTP (`POST /job/add`, `/jobs`).
+//! - [`disk`]: a durable queue embedded in a redb file.
 
+pub(crate) mod disk;
+pub(crate) mod http;
 pub(crate) mod memory;
 
 use crate::error::Error;
@@ -265,6 +269,14 @@ impl ProviderContext {
     #[allow(clippy::result_large_err)]
     pub fn send(&self, mut delivery: Delivery) -> Result<(), Delivery> {
         delivery.provider = self.index;
+        if self.is_stopping() {
+            return Err(delivery);
+        }
+        delivery = match self.sink.try_send(delivery) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(d)) => d,
+            Err(TrySendError::Disconnected(d)) => return Err(d),
+        };
         loop {
             if self.is_stopping() {
                 return Err(delivery);

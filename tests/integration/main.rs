@@ -4,4 +4,7 @@
 mod util;
 
 mod core;
+mod disk;
+mod http;
 mod httpworker;
+mod systemd;
