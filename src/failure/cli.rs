@@ -18,7 +18,7 @@ use std::time::Duration;
 #[derive(Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct CliHandlerOptions {
-    /// The program to run: an absolute path, or a name looked up in PATH when the handler starts. Required.
+    /// The program to run: an absolute path, or a name looked up in PATH each time it runs. Required.
     pub(crate) command: Option<String>,
     /// Its arguments (argv, no shell).
     pub(crate) args: Vec<String>,
