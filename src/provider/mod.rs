@@ -6,8 +6,10 @@
 //! [`Acker`], and the manager tells it exactly once how the job ended.
 //!
 //! - [`memory`]: an in-process channel, for tests and library users.
+//! - [`redis`]: reliable fetch from redis lists, shared by many processes.
 
 pub(crate) mod memory;
+pub(crate) mod redis;
 
 use crate::error::Error;
 use crate::job::{FailureRecord, Job, Malformed, Report};

@@ -1,0 +1,302 @@
+//! Acknowledgements. The manager calls an [`Acker`] on its own thread and
+//! must never wait for Redis, so [`RedisAcker`] only sends a command over a
+//! channel; the provider's ack thread takes every command waiting, sends
+//! them as one `MULTI` pipeline (one round trip for hundreds of acks), and
+//! keeps them through a lost connection until Redis is back.
+//!
+//! An ack is `LREM processing -1 payload`: the search starts at the tail,
+//! where the oldest jobs are, so its cost does not grow with the list.
+//! Defer, dead and release go through [`SETTLE`], which stores the job
+//! only if it was still held, so a retried pipeline changes nothing twice.
+
+use super::conn::{self, Backoff, Conn, Redis};
+use super::keys::Keys;
+use super::options::Settings;
+use super::scripts::SETTLE;
+use crate::error::Error;
+use crate::job::{FailureRecord, Job, Report, time_to_unix};
+use crate::provider::{Acker, ProviderContext};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Most commands in one pipeline.
+const MAX_BATCH: usize = 2000;
+/// How long `finish` keeps trying to deliver acks to an unreachable Redis.
+const FLUSH_PATIENCE: Duration = Duration::from_secs(10);
+
+/// What to do with one held job.
+#[derive(Debug)]
+pub(super) enum AckCmd {
+    Ack {
+        queue: usize,
+        raw: Vec<u8>,
+    },
+    Defer {
+        queue: usize,
+        raw: Vec<u8>,
+        job: String,
+        due: f64,
+    },
+    Dead {
+        queue: usize,
+        raw: Vec<u8>,
+        record: String,
+    },
+    Release {
+        queue: usize,
+        raw: Vec<u8>,
+    },
+}
+
+/// The acker of one delivery: the payload exactly as it sits in the
+/// processing list, and which queue it came from.
+#[derive(Debug)]
+pub(super) struct RedisAcker {
+    pub(super) tx: Sender<AckCmd>,
+    pub(super) queue: usize,
+    pub(super) raw: Vec<u8>,
+}
+
+impl RedisAcker {
+    fn send(self, cmd: impl FnOnce(usize, Vec<u8>) -> AckCmd) {
+        // The channel is unbounded: this never blocks. It only fails once
+        // the ack thread is gone, after `finish`; the job then stays in the
+        // processing list and is recovered.
+        let _ = self.tx.send(cmd(self.queue, self.raw));
+    }
+}
+
+impl Acker for RedisAcker {
+    fn ack(self: Box<Self>, _report: &Report) {
+        self.send(|queue, raw| AckCmd::Ack { queue, raw });
+    }
+
+    fn can_defer(&self) -> bool {
+        true
+    }
+
+    fn defer(self: Box<Self>, job: &Job, due: SystemTime) {
+        let job = job.to_json();
+        let due = time_to_unix(due);
+        self.send(|queue, raw| AckCmd::Defer {
+            queue,
+            raw,
+            job,
+            due,
+        });
+    }
+
+    fn dead(self: Box<Self>, record: &FailureRecord, _report: &Report) {
+        let mut record = record.clone();
+        if record.raw.is_none() && record.attempts == 0 {
+            // Rejected before it ran (e.g. no pool for its type): keep the
+            // payload exactly as the producer wrote it.
+            record.raw = Some(String::from_utf8_lossy(&self.raw).into_owned());
+        }
+        let record = serde_json::to_string(&record).unwrap_or_default();
+        self.send(|queue, raw| AckCmd::Dead { queue, raw, record });
+    }
+
+    fn release(self: Box<Self>, _job: Option<&Job>) {
+        self.send(|queue, raw| AckCmd::Release { queue, raw });
+    }
+}
+
+/// The ack thread and the way to it.
+#[derive(Debug)]
+pub(super) struct AckThread {
+    tx: Sender<AckCmd>,
+    closing: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+impl AckThread {
+    pub(super) fn start(
+        redis: Redis,
+        s: Arc<Settings>,
+        keys: Arc<Keys>,
+        ctx: ProviderContext,
+    ) -> Result<AckThread, Error> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let closing = Arc::new(AtomicBool::new(false));
+        let mut w = AckWriter {
+            redis,
+            s,
+            keys,
+            ctx,
+            rx,
+            closing: closing.clone(),
+            conn: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("goworker-redis-acks-{}", w.s.name))
+            .spawn(move || w.run())
+            .map_err(|e| Error::io("spawn redis ack thread", e))?;
+        Ok(AckThread {
+            tx,
+            closing,
+            handle,
+        })
+    }
+
+    pub(super) fn sender(&self) -> Sender<AckCmd> {
+        self.tx.clone()
+    }
+
+    /// Delivers what is pending (giving up after a while if Redis stays
+    /// unreachable) and stops the thread.
+    pub(super) fn finish(self) {
+        self.closing.store(true, Ordering::Release);
+        drop(self.tx);
+        let _ = self.handle.join();
+    }
+}
+
+struct AckWriter {
+    redis: Redis,
+    s: Arc<Settings>,
+    keys: Arc<Keys>,
+    ctx: ProviderContext,
+    rx: Receiver<AckCmd>,
+    closing: Arc<AtomicBool>,
+    conn: Option<Conn>,
+}
+
+impl AckWriter {
+    fn run(&mut self) {
+        let mut pending: Vec<AckCmd> = Vec::new();
+        let mut backoff = Backoff::new();
+        let mut give_up_at: Option<Instant> = None;
+        loop {
+            if pending.is_empty() {
+                match self.rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(c) => pending.push(c),
+                    Err(RecvTimeoutError::Timeout) if self.closing.load(Ordering::Acquire) => {
+                        return;
+                    }
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            while pending.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(c) => pending.push(c),
+                    Err(_) => break,
+                }
+            }
+            match self.flush(&pending) {
+                Ok(()) => {
+                    pending.clear();
+                    backoff.reset();
+                    conn::up(&self.ctx);
+                }
+                Err(e) => {
+                    self.conn = None;
+                    conn::down(&self.ctx, &e);
+                    if self.closing.load(Ordering::Acquire) {
+                        let at = *give_up_at.get_or_insert(Instant::now() + FLUSH_PATIENCE);
+                        if Instant::now() >= at {
+                            log::error!(
+                                "provider {}: {} acknowledgement(s) not delivered ({e}); \
+                                 those jobs stay in the processing list and run again \
+                                 once recovered",
+                                self.s.name,
+                                pending.len() + self.rx.len()
+                            );
+                            return;
+                        }
+                    }
+                    backoff.sleep(|| false);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, batch: &[AckCmd]) -> Result<(), String> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for c in batch {
+            self.add(&mut pipe, c);
+        }
+        let conn = match self.conn.as_mut() {
+            Some(c) => c,
+            None => self.conn.insert(self.redis.get()?),
+        };
+        pipe.query::<()>(&mut **conn).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn add(&self, pipe: &mut redis::Pipeline, c: &AckCmd) {
+        let q = &self.keys.queues[self.queue_of(c)];
+        match c {
+            AckCmd::Ack { raw, .. } => {
+                pipe.cmd("LREM")
+                    .arg(&q.processing)
+                    .arg(-1)
+                    .arg(raw)
+                    .ignore();
+            }
+            AckCmd::Defer { raw, job, due, .. } => {
+                self.eval(
+                    pipe,
+                    &q.processing,
+                    &q.delayed,
+                    raw,
+                    "defer",
+                    job.as_bytes(),
+                    &due.to_string(),
+                );
+            }
+            AckCmd::Dead { raw, record, .. } => {
+                let max = self.s.dead_letter_max.to_string();
+                self.eval(
+                    pipe,
+                    &q.processing,
+                    &q.dead,
+                    raw,
+                    "dead",
+                    record.as_bytes(),
+                    &max,
+                );
+            }
+            AckCmd::Release { raw, .. } => {
+                self.eval(pipe, &q.processing, &q.queue, raw, "release", b"", "0");
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn eval(
+        &self,
+        pipe: &mut redis::Pipeline,
+        processing: &str,
+        target: &str,
+        raw: &[u8],
+        what: &str,
+        value: &[u8],
+        n: &str,
+    ) {
+        pipe.cmd("EVAL")
+            .arg(SETTLE)
+            .arg(2)
+            .arg(processing)
+            .arg(target)
+            .arg(raw)
+            .arg(what)
+            .arg(value)
+            .arg(n)
+            .ignore();
+    }
+
+    fn queue_of(&self, c: &AckCmd) -> usize {
+        match c {
+            AckCmd::Ack { queue, .. }
+            | AckCmd::Defer { queue, .. }
+            | AckCmd::Dead { queue, .. }
+            | AckCmd::Release { queue, .. } => *queue,
+        }
+    }
+}
