@@ -337,12 +337,19 @@ struct Parser<'a> {
     registry: &'a Registry,
 }
 
-/// serde's message without serde_yaml's " at line X column Y" suffix.
+/// serde's message without serde_yaml's "path: " prefix and " at line X
+/// column Y" suffix (we print both ourselves).
 fn bare_message(e: &serde_yaml::Error) -> String {
-    let s = e.to_string();
-    match s.find(" at line ") {
-        Some(i) => s[..i].to_string(),
-        None => s,
+    let mut s = e.to_string();
+    if let Some(i) = s.find(" at line ") {
+        s.truncate(i);
+    }
+    if let Some(loc) = e.location() {
+        let _ = loc; // the position is reported separately
+    }
+    match s.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') && !path.is_empty() => rest.to_string(),
+        _ => s,
     }
 }
 
@@ -351,17 +358,21 @@ impl Parser<'_> {
         let message = message.into();
         let mut path = path;
         // An unknown key is best located at the key itself.
-        if let Some(rest) = message.strip_prefix("unknown field `") {
-            if let Some(key) = rest.split('`').next() {
-                if path.last() != Some(&Seg::Key(key.to_string())) {
-                    path.push(Seg::Key(key.to_string()));
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next());
+        let location = match unknown {
+            Some(key) => {
+                if path.last() == Some(&Seg::Key(key.to_string())) {
+                    path.pop();
                 }
+                let mut at = path.clone();
+                at.push(Seg::Key(key.to_string()));
+                // Located at its value, which shares the key's line.
+                locate(self.text, &at)
             }
-        }
-        let location = locate(self.text, &path);
-        if message.starts_with("unknown field `") {
-            path.pop();
-        }
+            None => locate(self.text, &path),
+        };
         ConfigError {
             file: None,
             path: path_text(&path),

@@ -300,9 +300,16 @@ fn print_options(registry: &Registry) {
     for t in registry.describe() {
         if t.section != section {
             section = t.section;
-            println!("# {section}s\n");
+            println!(
+                "# {section}{}\n",
+                if section == "manager" { "" } else { "s" }
+            );
         }
-        println!("{section} type: {}\n  {}", t.name, t.description);
+        if section == "manager" {
+            println!("manager:\n  {}", t.description);
+        } else {
+            println!("{section} type: {}\n  {}", t.name, t.description);
+        }
         let key_w = t.options.iter().map(|o| o.key.len()).max().unwrap_or(0);
         let ty_w = t.options.iter().map(|o| o.ty.len()).max().unwrap_or(0);
         for o in &t.options {

@@ -74,6 +74,7 @@ impl Pool {
     }
 
     /// Queues a task; it never blocks (the manager bounds what it queues).
+    #[allow(clippy::result_large_err)] // the task comes back to be released
     pub(crate) fn send(&self, task: Task) -> Result<(), Task> {
         match &self.tx {
             Some(tx) => tx.send(task).map_err(|e| e.into_inner()),

@@ -98,13 +98,15 @@ impl Registry {
         }
     }
 
-    /// The built-in types: workers `cli` and `noop`, failure handler `file`.
+    /// The built-in types: workers `cli` and `noop`, provider `memory`,
+    /// failure handler `file`.
     pub fn with_builtins() -> Registry {
         let mut r = Registry::new();
         r.register_worker::<crate::worker::cli::Cli>();
         r.register_worker::<crate::worker::noop::Noop>();
         r.register_provider::<crate::provider::redis::RedisType>();
         r.register_failure_handler::<crate::failure::file::FileHandlerType>();
+        r.register_provider::<crate::provider::memory::MemoryType>();
         r
     }
 
@@ -188,7 +190,13 @@ impl Registry {
 
     /// Every registered type with its options, for `goworker options`.
     pub fn describe(&self) -> Vec<TypeDoc> {
-        let mut out = Vec::new();
+        let manager = schema_of::<crate::config::RawManager>();
+        let mut out = vec![TypeDoc::new(
+            "manager",
+            "manager",
+            "the manager: stats server, shutdown, retries",
+            &[&manager],
+        )];
         let common_pool = schema_of::<crate::config::RawPoolCommon>();
         let common_named = schema_of::<crate::config::RawNamedCommon>();
         for (name, e) in &self.providers {
@@ -232,7 +240,7 @@ fn schema_of<T: schemars::JsonSchema>() -> schemars::Schema {
 /// One plugin type's documentation, generated from its options schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeDoc {
-    /// `provider`, `worker` or `failure_handler`.
+    /// `manager`, `provider`, `worker` or `failure_handler`.
     pub section: &'static str,
     /// The `type:` name.
     pub name: String,

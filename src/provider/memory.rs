@@ -3,7 +3,7 @@
 //! It cannot store retries, so the manager's timer heap holds them; dead
 //! letters are kept in memory.
 
-use super::{Acker, Delivery, Provider, ProviderContext};
+use super::{Acker, Delivery, Provider, ProviderContext, ProviderType};
 use crate::error::Error;
 use crate::job::{FailureRecord, Job, Report};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -32,6 +32,37 @@ enum Submission {
 struct Shared {
     dead: Mutex<Vec<FailureRecord>>,
     down: Mutex<Option<String>>,
+}
+
+/// Options of the `memory` provider type.
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct MemoryOptions {
+    /// Jobs submitted when the service starts (for tests and demos: nothing is durable).
+    pub(crate) jobs: Vec<serde_json::Value>,
+}
+
+/// The `memory` provider type: jobs listed in the config run once at
+/// start. Nothing is durable; dead letters are only logged.
+#[derive(Debug)]
+pub(crate) struct MemoryType;
+
+impl ProviderType for MemoryType {
+    type Options = MemoryOptions;
+    const TYPE: &'static str = "memory";
+    const DESCRIPTION: &'static str =
+        "in-process queue; runs the jobs listed in its config once (tests, demos; not durable)";
+
+    fn build(_name: &str, options: MemoryOptions) -> Result<Box<dyn Provider>, String> {
+        let (provider, handle) = MemoryProvider::new();
+        for (i, job) in options.jobs.iter().enumerate() {
+            let raw = serde_json::to_vec(job).map_err(|e| format!("jobs[{i}]: {e}"))?;
+            handle
+                .submit_raw(raw)
+                .map_err(|e| format!("jobs[{i}]: {e}"))?;
+        }
+        Ok(Box::new(provider))
+    }
 }
 
 /// The provider half; give it to [`crate::ServiceBuilder::provider`].

@@ -263,6 +263,8 @@ impl ProviderContext {
     /// # Errors
     /// Gives the delivery back when shutdown began before it could be
     /// sent; release it with [`Delivery::release`].
+    // Giving the delivery back is the point (like crossbeam's SendError).
+    #[allow(clippy::result_large_err)]
     pub fn send(&self, mut delivery: Delivery) -> Result<(), Delivery> {
         delivery.provider = self.index;
         loop {
@@ -281,6 +283,7 @@ impl ProviderContext {
     ///
     /// # Errors
     /// Gives the delivery back when the pipeline is full or shutting down.
+    #[allow(clippy::result_large_err)]
     pub fn try_send(&self, mut delivery: Delivery) -> Result<(), Delivery> {
         delivery.provider = self.index;
         if self.is_stopping() {

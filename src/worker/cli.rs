@@ -121,7 +121,7 @@ impl Worker for CliWorker {
         let Some(program) = resolve(&params.command) else {
             return Outcome::fatal(format!("command not found: {}", params.command));
         };
-        if !self.allow.iter().any(|a| *a == program) {
+        if !self.allow.contains(&program) {
             return Outcome::fatal(format!(
                 "command not allowed: {} ({})",
                 params.command,
@@ -281,7 +281,7 @@ fn wait(
                 .min(i32::MAX as u128) as i32,
             None => -1,
         };
-        if pidfd.is_none() && (wait_ms < 0 || wait_ms > 10) {
+        if pidfd.is_none() && !(0..=10).contains(&wait_ms) {
             wait_ms = 10; // no pidfd (old kernel): check the child every 10 ms
         }
         // SAFETY: `fds` is a valid array of pollfd for its length.
