@@ -6,7 +6,7 @@
 //!
 //! An ack is `LREM processing -1 payload`: the search starts at the tail,
 //! where the oldest jobs are, so its cost does not grow with the list.
-//! Defer, dead and release go through [`SETTLE`], which stores the job
+//! Defer and dead go through [`SETTLE`], which stores the job
 //! only if it was still held, so a retried pipeline changes nothing twice.
 
 use super::conn::{self, Backoff, Conn, Redis};
@@ -44,10 +44,6 @@ pub(super) enum AckCmd {
         queue: usize,
         raw: Vec<u8>,
         record: String,
-    },
-    Release {
-        queue: usize,
-        raw: Vec<u8>,
     },
 }
 
@@ -101,7 +97,10 @@ impl Acker for RedisAcker {
     }
 
     fn release(self: Box<Self>, _job: Option<&Job>) {
-        self.send(|queue, raw| AckCmd::Release { queue, raw });
+        // Nothing to send: the job stays in the processing list, and
+        // `finish` moves every held job back to the front of its queue in
+        // one atomic step, in their order. Should the process die first,
+        // the orphan sweep recovers them the same way.
     }
 }
 
@@ -262,9 +261,6 @@ impl AckWriter {
                     &max,
                 );
             }
-            AckCmd::Release { raw, .. } => {
-                self.eval(pipe, &q.processing, &q.queue, raw, "release", b"", "0");
-            }
         }
     }
 
@@ -295,8 +291,7 @@ impl AckWriter {
         match c {
             AckCmd::Ack { queue, .. }
             | AckCmd::Defer { queue, .. }
-            | AckCmd::Dead { queue, .. }
-            | AckCmd::Release { queue, .. } => *queue,
+            | AckCmd::Dead { queue, .. } => *queue,
         }
     }
 }

@@ -173,12 +173,9 @@ impl Fetcher {
         want
     }
 
-    /// Hands each job to the manager; whatever cannot be sent (shutdown)
-    /// goes back to the queue.
+    /// Hands each job to the manager.
     fn deliver(&self, ctx: &ProviderContext, got: Vec<(usize, Vec<u8>)>) {
-        let mut rest = got.into_iter();
-        let mut refused = None;
-        for (queue, raw) in rest.by_ref() {
+        for (queue, raw) in got {
             let payload = Job::parse(&raw);
             let acker = RedisAcker {
                 tx: self.acks.clone(),
@@ -186,18 +183,11 @@ impl Fetcher {
                 raw,
             };
             if let Err(d) = ctx.send(Delivery::new(payload, Box::new(acker))) {
-                refused = Some(d);
-                break;
+                // Shutting down: this job and the rest of the batch stay in
+                // the processing list, which `finish` hands back in order.
+                d.release();
+                return;
             }
-        }
-        // Each release goes to the front of its queue: newest first, so
-        // that they run again in their order.
-        let left: Vec<_> = rest.collect();
-        for (queue, raw) in left.into_iter().rev() {
-            let _ = self.acks.send(AckCmd::Release { queue, raw });
-        }
-        if let Some(d) = refused {
-            d.release();
         }
     }
 }

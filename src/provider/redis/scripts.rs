@@ -132,19 +132,16 @@ return 0
 
 /// Settles one job held in `KEYS[1]` (processing list) atomically: removes
 /// the payload `ARGV[1]` and, only if it was still there, stores `ARGV[3]`
-/// into `KEYS[2]` as `ARGV[2]` says: `defer` (sorted set, score `ARGV[4]`),
-/// `dead` (list trimmed to `ARGV[4]` records) or `release` (the payload back
-/// to the front of the queue). Returns 1, or 0 when the job was no longer
-/// held (another process recovered it).
+/// into `KEYS[2]` as `ARGV[2]` says: `defer` (sorted set, score `ARGV[4]`)
+/// or `dead` (list trimmed to `ARGV[4]` records). Returns 1, or 0 when the
+/// job was no longer held (another process recovered it).
 pub(super) const SETTLE: &str = r"
 if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end
 if ARGV[2] == 'defer' then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-elseif ARGV[2] == 'dead' then
+else
   redis.call('LPUSH', KEYS[2], ARGV[3])
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1)
-else
-  redis.call('RPUSH', KEYS[2], ARGV[1])
 end
 return 1
 ";
