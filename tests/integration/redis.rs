@@ -82,8 +82,10 @@ fn lpush_producers_get_fifo_order_and_queues_are_served_by_priority() {
         redis.q(&["LPUSH", "job_list", &record_job(&rec, &id, &out)]);
         expected.push(id);
     }
+    // Evicted keys are lost jobs: goworker warns about such a server.
+    redis.q(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
     let cfg = config(&redis, "    queues: [high, job_list]\n", &[&rec], 1);
-    let _g = Goworker::start(dir.path(), &cfg);
+    let g = Goworker::start(dir.path(), &cfg);
     assert!(
         wait_until(LONG, || ids(&out).len() >= 25),
         "{:?}",
@@ -98,6 +100,10 @@ fn lpush_producers_get_fifo_order_and_queues_are_served_by_priority() {
     }
     assert!(wait_until(LONG, || ids(&out).len() >= 28));
     assert_eq!(ids(&out), expected);
+    assert!(
+        g.log_text()
+            .contains("maxmemory-policy is allkeys-lru, not noeviction")
+    );
 }
 
 #[test]
@@ -510,4 +516,31 @@ fn enqueue_and_dead_retry_all_put_jobs_back_and_they_run() {
     assert_eq!(code, 0);
     assert!(stdout.contains("purged 1"), "{stdout}");
     assert_eq!(redis.llen("job_list:dead"), 0);
+}
+
+#[test]
+fn rate_limit_paces_the_jobs_taken() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    for i in 0..12 {
+        redis.q(&[
+            "LPUSH",
+            "job_list",
+            &record_job(&rec, &format!("r{i}"), &out),
+        ]);
+    }
+    let cfg = config(&redis, "    rate_limit: 10\n", &[&rec], 4);
+    let _g = Goworker::start(dir.path(), &cfg);
+    assert!(wait_until(LONG, || ids(&out).len() >= 12));
+    let times: Vec<f64> = recorded(&out).into_iter().map(|(_, t)| t).collect();
+    let first = times.iter().cloned().fold(f64::MAX, f64::min);
+    let last = times.iter().cloned().fold(f64::MIN, f64::max);
+    // 10 jobs/s with bursts of one: 12 jobs cannot start within 1 s.
+    assert!(
+        last - first >= 1.0,
+        "12 jobs ran within {:.3} s",
+        last - first
+    );
 }
