@@ -544,3 +544,88 @@ fn rate_limit_paces_the_jobs_taken() {
         last - first
     );
 }
+
+#[test]
+fn password_from_the_environment_is_used_and_never_logged() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    redis.q(&["LPUSH", "job_list", &record_job(&rec, "authed", &out)]);
+    // From here on the server wants the password (our helper can no longer talk to it).
+    redis.q(&["CONFIG", "SET", "requirepass", "s3cret-pw"]);
+    let cfg = config(&redis, "    password_env: GW_TEST_REDIS_PW\n", &[&rec], 1);
+    let g = Goworker::start_with_env(dir.path(), &cfg, &[("GW_TEST_REDIS_PW", "s3cret-pw")]);
+    assert!(
+        wait_until(LONG, || ids(&out) == ["authed"]),
+        "{}",
+        g.log_text()
+    );
+    assert!(!g.log_text().contains("s3cret-pw"));
+
+    // A variable that is not set stops start-up with a clear error.
+    let dir2 = temp_dir();
+    let cfg2 = config(
+        &redis,
+        "    password_env: GW_TEST_UNSET_VARIABLE\n",
+        &[&rec],
+        1,
+    );
+    std::fs::write(dir2.path().join("config.yaml"), cfg2).expect("write config");
+    let (code, _, stderr) = goworker(&["run", "-c", "config.yaml"], dir2.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("GW_TEST_UNSET_VARIABLE"), "{stderr}");
+}
+
+#[test]
+fn bad_redis_options_fail_the_check_with_the_key_named() {
+    let dir = temp_dir();
+    for (option, key) in [
+        ("pool_size: 1", "pool_size"),
+        ("url: http://localhost", "url"),
+        ("queues: []", "queues"),
+        ("orphan_after: 1s\n    heartbeat: 1s", "orphan_after"),
+        ("colour: blue", "colour"),
+    ] {
+        let cfg = format!(
+            "manager: {{ stats_listen: null }}\nproviders:\n  - type: redis\n    {option}\nworkers:\n  - type: noop\n"
+        );
+        std::fs::write(dir.path().join("config.yaml"), cfg).expect("write config");
+        let (code, _, stderr) = goworker(&["check", "-c", "config.yaml"], dir.path());
+        assert_eq!(code, 2, "{option}: {stderr}");
+        assert!(
+            stderr.contains("providers[0]") && stderr.contains(key),
+            "{option}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn enqueue_reads_one_job_per_line_from_stdin() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    let cfg = config(&redis, "", &[&rec], 1);
+    std::fs::write(dir.path().join("config.yaml"), &cfg).expect("write config");
+    let lines = format!(
+        "{}\n\n{}\n",
+        record_job(&rec, "in-1", &out),
+        record_job(&rec, "in-2", &out)
+    );
+    let mut child = std::process::Command::new(goworker_bin())
+        .args(["enqueue", "-c", "config.yaml", "-"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn enqueue");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), lines.as_bytes())
+        .expect("write stdin");
+    let result = child.wait_with_output().expect("enqueue ran");
+    assert!(result.status.success());
+    assert_eq!(String::from_utf8_lossy(&result.stdout), "in-1\nin-2\n");
+    assert_eq!(redis.llen("job_list"), 2);
+    let _g = Goworker::start(dir.path(), &cfg);
+    assert!(wait_until(LONG, || ids(&out) == ["in-1", "in-2"]));
+}
