@@ -230,55 +230,28 @@ impl AckWriter {
 
     fn add(&self, pipe: &mut redis::Pipeline, c: &AckCmd) {
         let q = &self.keys.queues[self.queue_of(c)];
-        match c {
+        let (raw, target, what, value, n) = match c {
             AckCmd::Ack { raw, .. } => {
                 pipe.cmd("LREM")
                     .arg(&q.processing)
                     .arg(-1)
                     .arg(raw)
                     .ignore();
+                return;
             }
-            AckCmd::Defer { raw, job, due, .. } => {
-                self.eval(
-                    pipe,
-                    &q.processing,
-                    &q.delayed,
-                    raw,
-                    "defer",
-                    job.as_bytes(),
-                    &due.to_string(),
-                );
-            }
-            AckCmd::Dead { raw, record, .. } => {
-                let max = self.s.dead_letter_max.to_string();
-                self.eval(
-                    pipe,
-                    &q.processing,
-                    &q.dead,
-                    raw,
-                    "dead",
-                    record.as_bytes(),
-                    &max,
-                );
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn eval(
-        &self,
-        pipe: &mut redis::Pipeline,
-        processing: &str,
-        target: &str,
-        raw: &[u8],
-        what: &str,
-        value: &[u8],
-        n: &str,
-    ) {
+            AckCmd::Defer { raw, job, due, .. } => (raw, &q.delayed, "defer", job, due.to_string()),
+            AckCmd::Dead { raw, record, .. } => (
+                raw,
+                &q.dead,
+                "dead",
+                record,
+                self.s.dead_letter_max.to_string(),
+            ),
+        };
         pipe.cmd("EVAL")
             .arg(SETTLE)
             .arg(2)
-            .arg(processing)
+            .arg(&q.processing)
             .arg(target)
             .arg(raw)
             .arg(what)
