@@ -1,7 +1,7 @@
 # goworker — see README.md. `make test` installs what the tests need.
 CARGO ?= cargo
 
-.PHONY: build run test deps bench bench-redis lint ci doc
+.PHONY: build run test deps bench bench-http bench-redis lint ci doc
 
 build:
 	$(CARGO) build --release
@@ -19,6 +19,10 @@ deps:
 
 bench: deps
 	$(CARGO) bench
+
+# HTTP provider vs a bare tiny_http server (see BENCHMARKS.md).
+bench-http:
+	$(CARGO) bench --bench http
 
 # End-to-end redis provider benchmark (BENCHMARKS.md, "Redis provider").
 bench-redis: deps

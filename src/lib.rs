@@ -49,6 +49,7 @@ mod provider;
 mod registry;
 mod service;
 mod stats;
+mod stats_server;
 mod worker;
 
 pub use backoff::{Backoff, Jitter};
@@ -69,8 +70,8 @@ pub use provider::{
 pub use registry::{OptionDoc, Registry, TypeDoc};
 pub use service::{RunningService, Service, ServiceBuilder, ShutdownHandle};
 pub use stats::{
-    ChannelFill, Counters, DURATION_BUCKETS, DurationStats, ProviderStats, Snapshot, StatsReader,
-    TypeStats,
+    ChannelFill, Counters, DURATION_BUCKETS, DurationStats, PairStats, ProviderStats, Snapshot,
+    StatsReader, TypeStats,
 };
 pub use worker::{JobContext, PoolInfo, Worker, WorkerType};
 

@@ -5,13 +5,13 @@
 //! as the select's timeout, and needs no locks.
 
 use crate::job::{FailureRecord, Job, JobStatus, Report, unix_now};
-use crate::pool::{Done, Pool, Task};
+use crate::pool::{Done, Pool, Refused, Task};
 use crate::provider::{Acker, Delivery, Health};
 use crate::stats::{ChannelFill, Snapshot, SnapshotNames, Stats, StatsReader};
 use crossbeam_channel::{Receiver, Sender, select};
 use slab::Slab;
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -113,6 +113,7 @@ struct Loop {
     m: Manager,
     routes: HashMap<String, usize>,
     inflight: Slab<InFlight>,
+    backlog: Vec<VecDeque<Task>>,
     timers: BinaryHeap<Timer>,
     seq: u64,
     stats: Stats,
@@ -140,10 +141,12 @@ impl Manager {
         let threads: usize = self.pools.iter().map(|p| p.config.count).sum();
         let stats = Stats::new(self.pools.len(), self.providers.len());
         let limit = threads + self.channel_bound;
+        let pools = self.pools.len();
         let mut l = Loop {
             m: self,
             routes,
             inflight: Slab::with_capacity(limit),
+            backlog: (0..pools).map(|_| VecDeque::new()).collect(),
             timers: BinaryHeap::new(),
             seq: 0,
             stats,
@@ -168,36 +171,75 @@ impl Loop {
             if self.state != State::Running && self.inflight.is_empty() {
                 return;
             }
+            // While work is ready, take it without the cost of a select.
+            if self.drain() {
+                if tick.try_recv().is_ok() {
+                    self.publish();
+                }
+                if let Ok(c) = self.m.control.try_recv() {
+                    self.on_control(c);
+                }
+                self.after_wake();
+                continue;
+            }
             let now = Instant::now();
             let wait = self.next_wakeup(now).saturating_duration_since(now);
-            let take = self.deliveries_open
-                && (self.state != State::Running || self.inflight.len() < self.limit);
-            let deliveries = if take { &self.m.deliveries } else { &never };
+            let deliveries = if self.taking() {
+                &self.m.deliveries
+            } else {
+                &never
+            };
             select! {
-                recv(self.m.done) -> d => if let Ok(d) = d {
-                    self.on_done(d);
-                    for _ in 0..BATCH {
-                        match self.m.done.try_recv() { Ok(d) => self.on_done(d), Err(_) => break }
-                    }
-                },
+                recv(self.m.done) -> d => if let Ok(d) = d { self.on_done(d) },
                 recv(deliveries) -> d => match d {
-                    Ok(d) => {
-                        self.on_delivery(d);
-                        for _ in 0..BATCH {
-                            if self.inflight.len() >= self.limit && self.state == State::Running { break }
-                            match self.m.deliveries.try_recv() { Ok(d) => self.on_delivery(d), Err(_) => break }
-                        }
-                    }
+                    Ok(d) => self.on_delivery(d),
                     Err(_) => self.deliveries_open = false,
                 },
                 recv(self.m.control) -> c => if let Ok(c) = c { self.on_control(c) },
                 recv(tick) -> _ => self.publish(),
                 default(wait) => {},
             }
-            let now = Instant::now();
-            self.fire_timers(now);
-            self.check_deadline(now);
+            self.after_wake();
         }
+    }
+
+    /// Whether the manager takes deliveries now: always while stopping (to
+    /// hand them back), else while in-flight work is under the limit.
+    fn taking(&self) -> bool {
+        self.deliveries_open && (self.state != State::Running || self.inflight.len() < self.limit)
+    }
+
+    /// Handles up to a batch of ready outcomes and deliveries; returns
+    /// whether there was any.
+    fn drain(&mut self) -> bool {
+        let mut any = false;
+        for _ in 0..BATCH {
+            match self.m.done.try_recv() {
+                Ok(d) => self.on_done(d),
+                Err(_) => break,
+            }
+            any = true;
+        }
+        for _ in 0..BATCH {
+            if !self.taking() {
+                break;
+            }
+            match self.m.deliveries.try_recv() {
+                Ok(d) => self.on_delivery(d),
+                Err(_) => break,
+            }
+            any = true;
+        }
+        any
+    }
+
+    fn after_wake(&mut self) {
+        if self.timers.is_empty() && self.state == State::Running {
+            return;
+        }
+        let now = Instant::now();
+        self.fire_timers(now);
+        self.check_deadline(now);
     }
 
     fn next_wakeup(&self, now: Instant) -> Instant {
@@ -319,11 +361,37 @@ impl Loop {
         self.stats.in_flight[pool] += 1;
         self.stats.types[pool].attempts += 1;
         self.stats.providers[provider].attempts += 1;
-        if let Err(task) = self.m.pools[pool].send(Task { key, job }) {
-            // The pool is closed: only after shutdown, so hand the job back.
-            self.stats.in_flight[pool] -= 1;
-            let f = self.inflight.remove(task.key);
-            self.release(f.acker, f.provider, Some(&task.job));
+        let task = Task { key, job };
+        if !self.backlog[pool].is_empty() {
+            self.backlog[pool].push_back(task);
+            return;
+        }
+        self.send_task(pool, task);
+    }
+
+    /// Hands a task to its pool, keeping it in the backlog when the pool's
+    /// queue is full, releasing it when the pool is closed.
+    fn send_task(&mut self, pool: usize, task: Task) -> bool {
+        match self.m.pools[pool].send(task) {
+            Ok(()) => true,
+            Err(Refused::Full(task)) => {
+                self.backlog[pool].push_front(task);
+                false
+            }
+            Err(Refused::Closed(task)) => {
+                self.stats.in_flight[pool] -= 1;
+                let f = self.inflight.remove(task.key);
+                self.release(f.acker, f.provider, Some(&task.job));
+                false
+            }
+        }
+    }
+
+    fn flush_backlog(&mut self, pool: usize) {
+        while let Some(task) = self.backlog[pool].pop_front() {
+            if !self.send_task(pool, task) {
+                return;
+            }
         }
     }
 
@@ -376,6 +444,9 @@ impl Loop {
             return;
         };
         self.stats.in_flight[d.pool] -= 1;
+        if !self.backlog[d.pool].is_empty() {
+            self.flush_backlog(d.pool);
+        }
         let mut job = d.job;
         let Some(outcome) = d.outcome else {
             return self.release(f.acker, f.provider, Some(&job));
@@ -392,7 +463,15 @@ impl Loop {
                 );
                 self.stats.types[d.pool].succeeded += 1;
                 self.stats.providers[f.provider].succeeded += 1;
-                let report = report(&job, JobStatus::Succeeded, d.duration, outcome.output, None);
+                self.stats.pair(d.pool, f.provider).succeeded += 1;
+                let report = Report {
+                    id: job.id,
+                    status: JobStatus::Succeeded,
+                    attempts: job.attempts,
+                    duration_ms: d.duration.as_millis() as u64,
+                    output: outcome.output,
+                    error: None,
+                };
                 f.acker.ack(&report);
                 return;
             }
@@ -414,6 +493,7 @@ impl Loop {
             );
             self.stats.types[d.pool].retried += 1;
             self.stats.providers[f.provider].retried += 1;
+            self.stats.pair(d.pool, f.provider).retried += 1;
             if self.state != State::Running && !f.acker.can_defer() {
                 return self.release(f.acker, f.provider, Some(&job));
             }
@@ -435,6 +515,7 @@ impl Loop {
         );
         self.stats.types[d.pool].failed += 1;
         self.stats.providers[f.provider].failed += 1;
+        self.stats.pair(d.pool, f.provider).failed += 1;
         let record = FailureRecord::for_job(
             self.provider_name(f.provider),
             &job,
@@ -480,6 +561,13 @@ impl Loop {
         self.m.hooks.on_stopping();
         while let Some(t) = self.timers.pop() {
             self.release(t.acker, t.provider, Some(&t.job));
+        }
+        for pool in 0..self.backlog.len() {
+            while let Some(task) = self.backlog[pool].pop_front() {
+                self.stats.in_flight[pool] -= 1;
+                let f = self.inflight.remove(task.key);
+                self.release(f.acker, f.provider, Some(&task.job));
+            }
         }
         while let Ok(d) = self.m.deliveries.try_recv() {
             self.on_delivery(d);

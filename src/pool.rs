@@ -30,6 +30,14 @@ pub(crate) struct Done {
     pub(crate) duration: Duration,
 }
 
+/// Why a pool did not take a task.
+pub(crate) enum Refused {
+    /// Its queue is full: keep the task and try again after an outcome.
+    Full(Task),
+    /// It is closed (shutdown): release the task.
+    Closed(Task),
+}
+
 pub(crate) struct Pool {
     pub(crate) config: PoolConfig,
     tx: Option<Sender<Task>>,
@@ -41,11 +49,14 @@ impl Pool {
     pub(crate) fn start(
         index: usize,
         config: PoolConfig,
+        queue: usize,
         capture_limit: usize,
         done: Sender<Done>,
         draining: Arc<AtomicBool>,
     ) -> std::io::Result<Pool> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Task>();
+        // Bounded, so tasks live in preallocated slots; the manager keeps
+        // what does not fit in its own backlog and never blocks here.
+        let (tx, rx) = crossbeam_channel::bounded::<Task>(queue);
         let mut pool = Pool {
             config,
             tx: Some(tx),
@@ -73,12 +84,15 @@ impl Pool {
         Ok(pool)
     }
 
-    /// Queues a task; it never blocks (the manager bounds what it queues).
-    #[allow(clippy::result_large_err)] // the task comes back to be released
-    pub(crate) fn send(&self, task: Task) -> Result<(), Task> {
+    /// Queues a task without blocking.
+    #[allow(clippy::result_large_err)] // the task comes back to be kept or released
+    pub(crate) fn send(&self, task: Task) -> Result<(), Refused> {
         match &self.tx {
-            Some(tx) => tx.send(task).map_err(|e| e.into_inner()),
-            None => Err(task),
+            Some(tx) => tx.try_send(task).map_err(|e| match e {
+                crossbeam_channel::TrySendError::Full(t) => Refused::Full(t),
+                crossbeam_channel::TrySendError::Disconnected(t) => Refused::Closed(t),
+            }),
+            None => Err(Refused::Closed(task)),
         }
     }
 

@@ -107,6 +107,7 @@ impl Registry {
         r.register_provider::<crate::provider::redis::RedisType>();
         r.register_failure_handler::<crate::failure::file::FileHandlerType>();
         r.register_provider::<crate::provider::memory::MemoryType>();
+        r.register_provider::<crate::provider::http::HttpProviderType>();
         r
     }
 

@@ -11,6 +11,7 @@ use crate::pool::Pool;
 use crate::provider::{Health, JobStore, Provider, ProviderContext};
 use crate::registry::WorkerSpec;
 use crate::stats::{Snapshot, StatsReader};
+use crate::stats_server::StatsServer;
 use crate::worker::{PoolInfo, WorkerType};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{HashMap, HashSet};
@@ -160,7 +161,11 @@ impl Service {
         let Service { config, hooks } = self;
         let m = config.manager.clone();
         let (del_tx, del_rx) = crossbeam_channel::bounded(m.channel_bound);
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        // Outcomes never outnumber tasks in flight, which the manager keeps
+        // near `limit`; it never blocks, so a full channel only slows workers.
+        let threads: usize = config.pools.iter().map(|p| p.count).sum();
+        let limit = threads + m.channel_bound;
+        let (done_tx, done_rx) = crossbeam_channel::bounded(limit);
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
         let (fail_tx, fail_rx) = crossbeam_channel::unbounded();
         let stopping = Arc::new(AtomicBool::new(false));
@@ -195,10 +200,24 @@ impl Service {
         }
         drop(del_tx);
 
+        // The stats server binds now (a port in use stops start-up) and
+        // serves once everything runs.
+        let mut stats_server = match m.stats_listen {
+            Some(addr) => Some(StatsServer::bind(addr)?),
+            None => None,
+        };
+
         let mut pools = Vec::new();
         for (i, pc) in config.pools.into_iter().enumerate() {
-            let pool = Pool::start(i, pc, m.capture_limit, done_tx.clone(), draining.clone())
-                .map_err(|e| Error::io("spawn pool thread", e))?;
+            let pool = Pool::start(
+                i,
+                pc,
+                limit,
+                m.capture_limit,
+                done_tx.clone(),
+                draining.clone(),
+            )
+            .map_err(|e| Error::io("spawn pool thread", e))?;
             pools.push(pool);
         }
         drop(done_tx);
@@ -235,6 +254,9 @@ impl Service {
             hooks,
         };
         let manager = spawn("goworker-manager", move || manager.run())?;
+        if let Some(s) = &mut stats_server {
+            s.serve(reader.clone(), healths.clone())?;
+        }
         log::info!(
             "goworker started: {} provider(s), {} pool(s)",
             healths.len(),
@@ -250,6 +272,7 @@ impl Service {
             finished: Some(finished_tx),
             failures: Some(failures),
             stopping,
+            stats_server,
         })
     }
 }
@@ -308,6 +331,7 @@ pub struct RunningService {
     finished: Option<Sender<()>>,
     failures: Option<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
+    stats_server: Option<StatsServer>,
 }
 
 impl std::fmt::Debug for RunningService {
@@ -391,6 +415,9 @@ impl RunningService {
         }
         if let Some(f) = self.failures.take() {
             let _ = f.join();
+        }
+        if let Some(s) = self.stats_server.take() {
+            s.stop();
         }
         report
     }

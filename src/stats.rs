@@ -153,6 +153,20 @@ pub struct ProviderStats {
     pub reason: String,
 }
 
+/// Counters of the jobs of one type that came from one provider (the
+/// breakdown behind `goworker_jobs_total{type,provider,outcome}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PairStats {
+    /// The job type (pool name).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The provider's name.
+    pub provider: String,
+    /// Only `succeeded`, `failed` and `retried` are counted here.
+    #[serde(flatten)]
+    pub counters: Counters,
+}
+
 /// The delivery channel's fill.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ChannelFill {
@@ -183,6 +197,8 @@ pub struct Snapshot {
     pub totals: Counters,
     /// All jobs finished per second over the last few seconds.
     pub jobs_per_sec: f64,
+    /// Outcomes by (type, provider), for pairs that have seen a job.
+    pub by_type_and_provider: Vec<PairStats>,
 }
 
 /// Where the manager publishes snapshots; cheap to clone and read.
@@ -213,6 +229,10 @@ pub(crate) struct Stats {
     pub(crate) in_flight: Vec<usize>,
     pub(crate) providers: Vec<Counters>,
     pub(crate) rejected: Vec<u64>,
+    /// Outcomes by (pool, provider).
+    /// Indexed `pool * providers + provider`: no hashing on the hot path.
+    pairs: Vec<Counters>,
+    provider_count: usize,
     /// (when, finished per type, finished per provider) for rates.
     history: VecDeque<(Instant, Vec<u64>, Vec<u64>)>,
 }
@@ -226,8 +246,15 @@ impl Stats {
             in_flight: vec![0; pools],
             providers: vec![Counters::default(); providers],
             rejected: vec![0; providers],
+            pairs: vec![Counters::default(); pools * providers],
+            provider_count: providers,
             history: VecDeque::new(),
         }
+    }
+
+    /// The counters of jobs of `pool` from `provider`.
+    pub(crate) fn pair(&mut self, pool: usize, provider: usize) -> &mut Counters {
+        &mut self.pairs[pool * self.provider_count + provider]
     }
 
     pub(crate) fn snapshot(
@@ -290,6 +317,21 @@ impl Stats {
                     reason: h.reason(),
                 },
             );
+        }
+        for (i, c) in self.pairs.iter().enumerate() {
+            let (pool, provider) = (i / self.provider_count, i % self.provider_count);
+            let (Some((kind, _)), Some(h)) = (names.pools.get(pool), names.providers.get(provider))
+            else {
+                continue;
+            };
+            if *c == Counters::default() {
+                continue; // only pairs that have seen a job
+            }
+            s.by_type_and_provider.push(PairStats {
+                kind: kind.to_string(),
+                provider: h.name().to_string(),
+                counters: *c,
+            });
         }
         s
     }

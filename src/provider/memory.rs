@@ -7,7 +7,7 @@ use super::{Acker, Delivery, Provider, ProviderContext, ProviderType};
 use crate::error::Error;
 use crate::job::{FailureRecord, Job, Report};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How a job submitted to a memory provider ended.
@@ -28,10 +28,13 @@ enum Submission {
     Raw(Vec<u8>),
 }
 
-#[derive(Default)]
 struct Shared {
     dead: Mutex<Vec<FailureRecord>>,
     down: Mutex<Option<String>>,
+    settled: Sender<Settled>,
+    /// Set once the provider runs: submissions then go straight into the
+    /// manager's channel from the submitting thread, with no extra hop.
+    ctx: OnceLock<ProviderContext>,
 }
 
 /// Options of the `memory` provider type.
@@ -68,7 +71,6 @@ impl ProviderType for MemoryType {
 /// The provider half; give it to [`crate::ServiceBuilder::provider`].
 pub struct MemoryProvider {
     inbox: Receiver<Submission>,
-    settled: Sender<Settled>,
     shared: Arc<Shared>,
 }
 
@@ -98,11 +100,15 @@ impl MemoryProvider {
     pub fn new() -> (MemoryProvider, MemoryHandle) {
         let (in_tx, in_rx) = crossbeam_channel::unbounded();
         let (out_tx, out_rx) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            dead: Mutex::default(),
+            down: Mutex::default(),
+            settled: out_tx,
+            ctx: OnceLock::new(),
+        });
         (
             MemoryProvider {
                 inbox: in_rx,
-                settled: out_tx,
                 shared: shared.clone(),
             },
             MemoryHandle {
@@ -114,15 +120,7 @@ impl MemoryProvider {
     }
 
     fn deliver(&self, ctx: &ProviderContext, s: Submission) -> Result<(), ()> {
-        let acker = Box::new(MemoryAcker {
-            settled: self.settled.clone(),
-            shared: self.shared.clone(),
-        });
-        let delivery = match s {
-            Submission::Job(job) => Delivery::new(Ok(*job), acker),
-            Submission::Raw(raw) => Delivery::parse(&raw, acker),
-        };
-        ctx.send(delivery).map_err(Delivery::release)
+        deliver(&self.shared, ctx, s)
     }
 
     fn apply_health(&self, ctx: &ProviderContext) {
@@ -134,9 +132,21 @@ impl MemoryProvider {
     }
 }
 
+fn deliver(shared: &Arc<Shared>, ctx: &ProviderContext, s: Submission) -> Result<(), ()> {
+    let acker = Box::new(MemoryAcker {
+        shared: shared.clone(),
+    });
+    let delivery = match s {
+        Submission::Job(job) => Delivery::new(Ok(*job), acker),
+        Submission::Raw(raw) => Delivery::parse(&raw, acker),
+    };
+    ctx.send(delivery).map_err(Delivery::release)
+}
+
 impl Provider for MemoryProvider {
     fn run(&mut self, ctx: &ProviderContext) -> Result<(), Error> {
         self.apply_health(ctx);
+        let _ = self.shared.ctx.set(ctx.clone());
         while !ctx.is_stopping() {
             match self.inbox.recv_timeout(Duration::from_millis(100)) {
                 Ok(s) => {
@@ -164,10 +174,15 @@ impl MemoryHandle {
     /// When the provider is gone.
     pub fn submit(&self, job: Job) -> Result<String, Error> {
         let id = job.id.clone();
-        self.inbox
-            .send(Submission::Job(Box::new(job)))
-            .map_err(|_| Error::ShuttingDown)?;
+        self.send(Submission::Job(Box::new(job)))?;
         Ok(id)
+    }
+
+    fn send(&self, s: Submission) -> Result<(), Error> {
+        match self.shared.ctx.get() {
+            Some(ctx) => deliver(&self.shared, ctx, s).map_err(|()| Error::ShuttingDown),
+            None => self.inbox.send(s).map_err(|_| Error::ShuttingDown),
+        }
     }
 
     /// Submits a raw payload, parsed as a producer's JSON would be.
@@ -175,9 +190,7 @@ impl MemoryHandle {
     /// # Errors
     /// When the provider is gone.
     pub fn submit_raw(&self, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
-        self.inbox
-            .send(Submission::Raw(payload.into()))
-            .map_err(|_| Error::ShuttingDown)
+        self.send(Submission::Raw(payload.into()))
     }
 
     /// Every settlement, in the order the manager made them.
@@ -204,13 +217,12 @@ impl MemoryHandle {
 }
 
 struct MemoryAcker {
-    settled: Sender<Settled>,
     shared: Arc<Shared>,
 }
 
 impl Acker for MemoryAcker {
     fn ack(self: Box<Self>, report: &Report) {
-        let _ = self.settled.send(Settled::Succeeded(report.clone()));
+        let _ = self.shared.settled.send(Settled::Succeeded(report.clone()));
     }
 
     fn dead(self: Box<Self>, record: &FailureRecord, report: &Report) {
@@ -222,11 +234,12 @@ impl Acker for MemoryAcker {
         } else {
             Settled::Failed(report.clone(), Box::new(record.clone()))
         };
-        let _ = self.settled.send(settled);
+        let _ = self.shared.settled.send(settled);
     }
 
     fn release(self: Box<Self>, job: Option<&Job>) {
         let _ = self
+            .shared
             .settled
             .send(Settled::Released(job.map(|j| Box::new(j.clone()))));
     }

@@ -6,8 +6,10 @@
 //! [`Acker`], and the manager tells it exactly once how the job ended.
 //!
 //! - [`memory`]: an in-process channel, for tests and library users.
+//! - [`http`]: jobs submitted over HTTP (`POST /job/add`, `/jobs`).
 //! - [`redis`]: reliable fetch from redis lists, shared by many processes.
 
+pub(crate) mod http;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
@@ -267,6 +269,14 @@ impl ProviderContext {
     #[allow(clippy::result_large_err)]
     pub fn send(&self, mut delivery: Delivery) -> Result<(), Delivery> {
         delivery.provider = self.index;
+        if self.is_stopping() {
+            return Err(delivery);
+        }
+        delivery = match self.sink.try_send(delivery) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(d)) => d,
+            Err(TrySendError::Disconnected(d)) => return Err(d),
+        };
         loop {
             if self.is_stopping() {
                 return Err(delivery);

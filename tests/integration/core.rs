@@ -531,3 +531,24 @@ fn the_custom_worker_example_runs_a_job_through_a_user_registered_worker() {
     );
     assert!(stdout.contains("succeeded: HELLO, GOWORKER!"), "{stdout}");
 }
+
+#[test]
+fn run_at_is_honoured_and_a_burst_of_due_jobs_all_run() {
+    // channel_bound 1 and one thread: 50 jobs due at once overflow the
+    // pool's queue, and the manager's backlog must hold them.
+    let (svc, h, _) = service(
+        "manager: { stats_listen: null, channel_bound: 1 }\nworkers:\n  - type: noop\n",
+        &Registry::with_builtins(),
+    );
+    let due = goworker::unix_now() + 0.5;
+    for _ in 0..50 {
+        let mut j = Job::new("noop", json!({}));
+        j.run_at = Some(due);
+        h.submit(j).unwrap();
+    }
+    for _ in 0..50 {
+        assert!(matches!(settle(&h), Settled::Succeeded(_)));
+        assert!(goworker::unix_now() >= due, "a job ran before its run_at");
+    }
+    stop(svc);
+}
