@@ -180,15 +180,25 @@ fn redis_restart_on_the_same_port_reconnects_and_every_job_completes() {
     for id in &all {
         redis.q(&["LPUSH", "job_list", &record_job(&slow, id, &out)]);
     }
-    let cfg = config(&redis, "", &[&slow], 2);
+    let stats = free_port();
+    let cfg = config(&redis, "", &[&slow], 2).replace(
+        "stats_listen: null",
+        &format!("stats_listen: 127.0.0.1:{stats}"),
+    );
     let g = Goworker::start(dir.path(), &cfg);
     assert!(wait_until(LONG, || ids(&out).len() >= 4));
+    assert!(wait_until(LONG, || healthz(stats).0 == 200));
     let data = redis.stop();
     assert!(
         wait_until(LONG, || g.log_text().contains("redis unreachable")),
         "{}",
         g.log_text()
     );
+    // The lost connection shows in /healthz with its reason.
+    assert!(wait_until(LONG, || {
+        let (code, body) = healthz(stats);
+        code == 503 && body.contains("redis")
+    }));
     let redis = Redis::start_persistent_on(port, data);
     assert!(
         wait_until(LONG, || {
@@ -207,6 +217,36 @@ fn redis_restart_on_the_same_port_reconnects_and_every_job_completes() {
         processing(&redis, "job_list")
     );
     assert!(g.log_text().matches("connected to redis").count() >= 2);
+    assert!(wait_until(LONG, || healthz(stats).0 == 200));
+    // Only one process, and it never lost track of a job: nothing ran twice.
+    let ran = ids(&out);
+    let unique: HashSet<&String> = ran.iter().collect();
+    assert_eq!(unique.len(), ran.len(), "{ran:?}");
+    // Logged once per change of state, not once per failed attempt.
+    assert_eq!(g.log_text().matches("redis unreachable").count(), 1);
+}
+
+/// `GET /healthz` on the stats server: (status, body); (0, "") when it
+/// cannot be reached.
+fn healthz(port: u16) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    (code, body.unwrap_or_default())
 }
 
 #[test]
@@ -628,4 +668,40 @@ fn enqueue_reads_one_job_per_line_from_stdin() {
     assert_eq!(redis.llen("job_list"), 2);
     let _g = Goworker::start(dir.path(), &cfg);
     assert!(wait_until(LONG, || ids(&out) == ["in-1", "in-2"]));
+}
+
+#[test]
+fn jobs_moved_by_a_fetch_whose_reply_was_lost_are_not_stranded() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    let cfg = config(&redis, "", &[&rec], 1);
+    let g = Goworker::start(dir.path(), &cfg);
+    assert!(wait_until(LONG, || redis
+        .q(&["ZCARD", "job_list:consumers"])
+        .int()
+        == 1));
+    let consumer = redis
+        .q(&["ZRANGE", "job_list:consumers", "0", "-1"])
+        .strings()[0]
+        .clone();
+    // What Redis does for a fetch whose reply never reaches goworker: the
+    // jobs are in its processing list, and then the connection breaks.
+    let list = format!("job_list:processing:{consumer}");
+    for id in ["lost-0", "lost-1", "lost-2"] {
+        redis.q(&["LPUSH", &list, &record_job(&rec, id, &out)]);
+    }
+    redis.q(&["CLIENT", "KILL", "TYPE", "normal"]);
+    assert!(
+        wait_until(LONG, || ids(&out) == ["lost-0", "lost-1", "lost-2"]),
+        "{:?}\n{}",
+        ids(&out),
+        g.log_text()
+    );
+    assert!(wait_until(LONG, || redis.llen(&list) == 0));
+    assert!(
+        g.log_text()
+            .contains("before the connection broke are delivered now")
+    );
 }

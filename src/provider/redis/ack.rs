@@ -18,7 +18,7 @@ use crate::job::{FailureRecord, Job, Report, time_to_unix};
 use crate::provider::{Acker, ProviderContext};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -104,10 +104,18 @@ impl Acker for RedisAcker {
     }
 }
 
+/// Jobs per queue this process holds in its processing list as far as it
+/// knows: counted up by the fetcher when it takes jobs, down by the ack
+/// thread once their settlement is stored. A fetch whose reply was lost
+/// (connection broken after Redis ran it) shows as the processing list
+/// being longer than this; see `Fetcher::reclaim`.
+pub(super) type Held = Arc<Vec<AtomicUsize>>;
+
 /// The ack thread and the way to it.
 #[derive(Debug)]
 pub(super) struct AckThread {
     tx: Sender<AckCmd>,
+    held: Held,
     closing: Arc<AtomicBool>,
     handle: JoinHandle<()>,
 }
@@ -121,7 +129,9 @@ impl AckThread {
     ) -> Result<AckThread, Error> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let closing = Arc::new(AtomicBool::new(false));
+        let held: Held = Arc::new(keys.queues.iter().map(|_| AtomicUsize::new(0)).collect());
         let mut w = AckWriter {
+            held: held.clone(),
             redis,
             s,
             keys,
@@ -136,6 +146,7 @@ impl AckThread {
             .map_err(|e| Error::io("spawn redis ack thread", e))?;
         Ok(AckThread {
             tx,
+            held,
             closing,
             handle,
         })
@@ -143,6 +154,10 @@ impl AckThread {
 
     pub(super) fn sender(&self) -> Sender<AckCmd> {
         self.tx.clone()
+    }
+
+    pub(super) fn held(&self) -> Held {
+        self.held.clone()
     }
 
     /// Delivers what is pending (giving up after a while if Redis stays
@@ -155,6 +170,7 @@ impl AckThread {
 }
 
 struct AckWriter {
+    held: Held,
     redis: Redis,
     s: Arc<Settings>,
     keys: Arc<Keys>,
@@ -169,6 +185,7 @@ impl AckWriter {
         let mut pending: Vec<AckCmd> = Vec::new();
         let mut backoff = Backoff::new();
         let mut give_up_at: Option<Instant> = None;
+        let mut retried = false;
         loop {
             if pending.is_empty() {
                 match self.rx.recv_timeout(Duration::from_millis(100)) {
@@ -188,12 +205,16 @@ impl AckWriter {
             }
             match self.flush(&pending) {
                 Ok(()) => {
+                    for c in &pending {
+                        self.held[self.queue_of(c)].fetch_sub(1, Ordering::AcqRel);
+                    }
                     pending.clear();
                     backoff.reset();
+                    retried = false;
                     conn::up(&self.ctx);
                 }
+                Err(_) if conn::quiet_retry(&mut self.conn, &mut retried) => {}
                 Err(e) => {
-                    self.conn = None;
                     conn::down(&self.ctx, &e);
                     if self.closing.load(Ordering::Acquire) {
                         let at = *give_up_at.get_or_insert(Instant::now() + FLUSH_PATIENCE);

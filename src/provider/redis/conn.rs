@@ -89,6 +89,19 @@ pub(super) fn up(ctx: &ProviderContext) {
     }
 }
 
+/// Whether a failure deserves one quiet retry: the connection that failed
+/// had worked before, and may only have gone stale (Redis restarted while
+/// it sat in the pool). Takes the connection out of `slot` either way.
+pub(super) fn quiet_retry(slot: &mut Option<Conn>, retried: &mut bool) -> bool {
+    let had = slot.take().is_some();
+    let retry = had && !*retried;
+    if retry {
+        // Until the next success: one quiet retry per outage.
+        *retried = true;
+    }
+    retry
+}
+
 /// Reconnect back-off: 100 ms doubling to 5 s.
 #[derive(Debug)]
 pub(super) struct Backoff {
@@ -130,6 +143,13 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_quiet_retry_without_a_connection_that_worked() {
+        let mut retried = false;
+        assert!(!quiet_retry(&mut None, &mut retried));
+        assert!(!retried);
+    }
 
     #[test]
     fn backoff_doubles_to_a_cap() {

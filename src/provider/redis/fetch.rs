@@ -9,7 +9,7 @@
 //! several queues that wait is short and grows to 1 s while idle, so lower
 //! queues are still looked at without busy-polling an idle Redis.
 
-use super::ack::{AckCmd, RedisAcker};
+use super::ack::{AckCmd, Held, RedisAcker};
 use super::conn::{self, Backoff, Conn, Redis};
 use super::keys::Keys;
 use super::options::Settings;
@@ -18,6 +18,7 @@ use crate::job::Job;
 use crate::provider::{Delivery, ProviderContext};
 use crossbeam_channel::Sender;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub(super) struct Fetcher {
@@ -25,6 +26,9 @@ pub(super) struct Fetcher {
     s: Arc<Settings>,
     keys: Arc<Keys>,
     acks: Sender<AckCmd>,
+    held: Held,
+    /// A fetch failed: its reply may have been lost after Redis ran it.
+    suspect: bool,
     conn: Option<Conn>,
     limiter: Option<RateLimiter>,
     idle_wait: f64,
@@ -37,6 +41,7 @@ impl Fetcher {
         s: Arc<Settings>,
         keys: Arc<Keys>,
         acks: Sender<AckCmd>,
+        held: Held,
     ) -> Fetcher {
         let limiter = (s.rate_limit > 0.0).then(|| RateLimiter::new(s.rate_limit, Instant::now()));
         Fetcher {
@@ -44,6 +49,8 @@ impl Fetcher {
             s,
             keys,
             acks,
+            held,
+            suspect: false,
             conn: None,
             limiter,
             idle_wait: IDLE_MIN,
@@ -53,11 +60,16 @@ impl Fetcher {
 
     pub(super) fn run(mut self, ctx: &ProviderContext) {
         let mut backoff = Backoff::new();
+        let mut retried = false;
         while !ctx.is_stopping() {
             match self.round(ctx) {
-                Ok(()) => backoff.reset(),
+                Ok(()) => {
+                    backoff.reset();
+                    retried = false;
+                }
+                Err(_) if conn::quiet_retry(&mut self.conn, &mut retried) => self.suspect = true,
                 Err(e) => {
-                    self.conn = None;
+                    self.suspect = true;
                     conn::down(ctx, &e);
                     backoff.sleep(|| ctx.is_stopping());
                 }
@@ -98,6 +110,9 @@ impl Fetcher {
         let keys = self.keys.clone();
         let multi = keys.queues.len() > 1;
         let idle_wait = self.idle_wait;
+        if self.suspect {
+            self.reclaim(ctx)?;
+        }
         let conn = self.conn(ctx)?;
         let mut got: Vec<(usize, Vec<u8>)> = Vec::new();
         for (i, q) in keys.queues.iter().enumerate() {
@@ -141,11 +156,56 @@ impl Fetcher {
                 None => self.idle_wait = (idle_wait * 2.0).min(IDLE_MAX),
             }
         }
+        for (queue, _) in &got {
+            self.held[*queue].fetch_add(1, Ordering::AcqRel);
+        }
         if !got.is_empty() {
             self.idle_wait = IDLE_MIN;
             if let Some(l) = &mut self.limiter {
                 l.take(got.len());
             }
+        }
+        self.deliver(ctx, got);
+        Ok(())
+    }
+
+    /// After a failed fetch: jobs Redis moved into the processing list whose
+    /// reply never arrived are the newest ones beyond the count this process
+    /// knows it holds; deliver them now rather than leave them stranded
+    /// until shutdown. (Acks stored but not yet counted down can only make
+    /// this find fewer, never a job that is already running.)
+    fn reclaim(&mut self, ctx: &ProviderContext) -> Result<(), String> {
+        let keys = self.keys.clone();
+        let held = self.held.clone();
+        let name = self.s.name.clone();
+        let conn = self.conn(ctx)?;
+        let mut got = Vec::new();
+        for (i, q) in keys.queues.iter().enumerate() {
+            let len: usize = redis::cmd("LLEN")
+                .arg(&q.processing)
+                .query(&mut **conn)
+                .map_err(|e| e.to_string())?;
+            let extra = len.saturating_sub(held[i].load(Ordering::Acquire));
+            if extra == 0 {
+                continue;
+            }
+            let newest: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                .arg(&q.processing)
+                .arg(0)
+                .arg(extra - 1)
+                .query(&mut **conn)
+                .map_err(|e| e.to_string())?;
+            log::warn!(
+                "provider {name}: {} job(s) fetched from {} before the connection broke are delivered now",
+                newest.len(),
+                q.queue
+            );
+            // Newest first in the list: deliver oldest first.
+            got.extend(newest.into_iter().rev().map(|raw| (i, raw)));
+        }
+        self.suspect = false;
+        for (queue, _) in &got {
+            held[*queue].fetch_add(1, Ordering::AcqRel);
         }
         self.deliver(ctx, got);
         Ok(())

@@ -55,12 +55,13 @@ impl Keeper {
             .spawn(move || {
                 let mut next_heartbeat = Instant::now();
                 let mut next_sweep = Instant::now();
+                let mut retried = false;
                 loop {
                     let now = Instant::now();
-                    let r = up.tick(now, &mut next_heartbeat, &mut next_sweep);
-                    if let Err(e) = r {
-                        up.conn = None;
-                        conn::down(&ctx, &e);
+                    match up.tick(now, &mut next_heartbeat, &mut next_sweep) {
+                        Ok(()) => retried = false,
+                        Err(_) if conn::quiet_retry(&mut up.conn, &mut retried) => continue,
+                        Err(e) => conn::down(&ctx, &e),
                     }
                     match stop_rx.recv_timeout(SCHEDULER_TICK) {
                         Err(RecvTimeoutError::Timeout) => {}

@@ -92,9 +92,10 @@ impl Provider for RedisProvider {
         let acks = AckThread::start(redis.clone(), s.clone(), keys.clone(), ctx.clone())?;
         let keeper = Keeper::start(redis.clone(), s.clone(), keys.clone(), ctx.clone())?;
         let sender = acks.sender();
+        let held = acks.held();
         self.acks = Some(acks);
         self.keeper = Some(keeper);
-        fetch::Fetcher::new(redis, s, keys, sender).run(ctx);
+        fetch::Fetcher::new(redis, s, keys, sender, held).run(ctx);
         Ok(())
     }
 
