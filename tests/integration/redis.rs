@@ -514,20 +514,29 @@ fn enqueue_and_dead_retry_all_put_jobs_back_and_they_run() {
     );
 
     std::fs::write(&flag, "").expect("flag");
-    let (code, stdout, stderr) = goworker(
-        &[
-            "dead",
-            "-c",
-            cfg_arg,
-            "--provider",
-            "main",
-            "retry",
-            "--all",
-        ],
-        dir.path(),
-    );
+    let (code, stdout, stderr) = goworker(&["dead", "-c", cfg_arg, "retry", "g1"], dir.path());
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("re-queued 2 job(s)"), "{stdout}");
+    assert!(stdout.contains("re-queued 1 job(s)"), "{stdout}");
+    assert!(wait_until(LONG, || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("g1 ok")
+    }));
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(!text.contains("g2 ok"), "only g1 was re-queued: {text}");
+    assert_eq!(dead_records(&redis, "job_list").len(), 1);
+    let args = [
+        "dead",
+        "-c",
+        cfg_arg,
+        "--provider",
+        "main",
+        "retry",
+        "--all",
+    ];
+    let (code, stdout, stderr) = goworker(&args, dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("re-queued 1 job(s)"), "{stdout}");
     assert!(
         wait_until(LONG, || {
             let text = std::fs::read_to_string(&out).unwrap_or_default();
