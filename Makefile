@@ -1,7 +1,7 @@
 # goworker — see README.md. `make test` installs what the tests need.
 CARGO ?= cargo
 
-.PHONY: build run test deps bench bench-http bench-redis lint ci doc
+.PHONY: build run test deps bench bench-http bench-disk bench-redis lint ci doc install
 
 build:
 	$(CARGO) build --release
@@ -24,6 +24,10 @@ bench: deps
 bench-http:
 	$(CARGO) bench --bench http
 
+# The disk provider end to end against raw redb (BENCHMARKS.md).
+bench-disk:
+	$(CARGO) bench --bench disk
+
 # End-to-end redis provider benchmark (BENCHMARKS.md, "Redis provider").
 bench-redis: deps
 	./scripts/bench-redis.sh
@@ -36,3 +40,28 @@ doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 
 ci: lint test doc
+
+# `make install`: the release binary to $(DESTDIR)$(PREFIX)/bin, the systemd
+# unit to $(DESTDIR)/etc/systemd/system (ExecStart follows PREFIX), and the
+# example config to $(DESTDIR)/etc/goworker/config.yaml unless one is there.
+# BIN=path installs an already built binary instead of building one.
+PREFIX ?= /usr/local
+DESTDIR ?=
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+ifeq ($(origin BIN),undefined)
+BIN := $(TARGET_DIR)/release/goworker
+INSTALL_BUILD := build
+endif
+
+install: $(INSTALL_BUILD)
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/goworker
+	install -d -m 0755 $(DESTDIR)/etc/systemd/system
+	sed 's|/usr/local/bin/goworker|$(PREFIX)/bin/goworker|' packaging/goworker.service \
+		> $(DESTDIR)/etc/systemd/system/goworker.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/goworker.service
+	@if [ -e $(DESTDIR)/etc/goworker/config.yaml ]; then \
+		echo "keeping $(DESTDIR)/etc/goworker/config.yaml"; \
+	else \
+		install -D -m 0644 config.example.yaml $(DESTDIR)/etc/goworker/config.yaml; \
+	fi
+	@echo "installed; next: systemctl daemon-reload && systemctl enable --now goworker"

@@ -44,6 +44,7 @@ mod error;
 mod failure;
 mod job;
 mod manager;
+mod notify;
 mod pool;
 mod provider;
 mod registry;
@@ -63,6 +64,7 @@ pub use job::{
     unix_now, unix_to_time,
 };
 pub use manager::{Control, Hooks, NoHooks, ShutdownReport};
+pub use notify::Notify;
 pub use provider::memory::{MemoryHandle, MemoryProvider, Settled};
 pub use provider::{
     Acker, Delivery, Health, JobStore, Provider, ProviderAdmin, ProviderContext, ProviderType,
@@ -83,4 +85,9 @@ pub mod noop {
 /// The built-in `cli` worker type.
 pub mod cli {
     pub use crate::worker::cli::{Cli, CliOptions};
+}
+
+/// The built-in `disk` provider type: a durable queue in a redb file.
+pub mod disk {
+    pub use crate::provider::disk::{Disk, DiskOptions, DiskProvider, DurabilityLevel};
 }

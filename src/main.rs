@@ -2,7 +2,12 @@
 //! else lives in the library.
 
 use clap::{Parser, Subcommand};
-use goworker::{Config, Error, ProviderAdmin, Registry, Service};
+use goworker::{
+    Config, Error, Notify, ProviderAdmin, Registry, Service, ShutdownHandle, StatsReader,
+};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -104,13 +109,50 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if stderr_is_journal() {
+        // journald adds the time and reads the level from the `<N>` prefix
+        // (syslog priorities), so `journalctl -p warning` works.
+        b.format(|buf, r| {
+            let level = match r.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{level}>{}: {}", r.target(), r.args())
+        });
+    }
+    b.init();
+}
+
+/// Whether stderr is the journal stream systemd connected: `JOURNAL_STREAM`
+/// (`DEVICE:INODE`) names stderr itself, not a stream a parent had (as
+/// `systemd.exec(5)` advises checking).
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some(meta) = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| std::fs::File::from(fd).metadata().ok())
+    else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
 }
 
 fn run(args: Args) -> Result<(), Failure> {
     let registry = Registry::with_builtins();
     match args.command {
-        Command::Run { config } => serve(load(config.as_deref(), &registry)?),
+        Command::Run { config } => {
+            let c = load(config.as_deref(), &registry)?;
+            serve(c, config, registry)
+        }
         Command::Check { config } => {
             let c = load(Some(&config), &registry)?;
             println!(
@@ -132,8 +174,11 @@ fn run(args: Args) -> Result<(), Failure> {
             job,
         } => {
             let mut c = load(Some(&config), &registry)?;
-            let admin = admin(&mut c, provider.as_deref())?;
-            enqueue(admin, &job)
+            let payloads = read_jobs(&job)?;
+            match front_of_disk(&config, provider.as_deref()) {
+                Some((http, disk)) => enqueue_via(&mut c, &http, &disk, &payloads),
+                None => enqueue(admin(&mut c, provider.as_deref())?, &payloads),
+            }
         }
         Command::Dead {
             config,
@@ -182,7 +227,10 @@ fn admin<'a>(c: &'a mut Config, name: Option<&str>) -> Result<&'a mut dyn Provid
     })
 }
 
-fn enqueue(admin: &mut dyn ProviderAdmin, job: &str) -> Result<(), Failure> {
+/// The payloads of `job` (a file, or `-`: one job per stdin line), each
+/// checked to be a job: what would only be dead-lettered is refused before
+/// it is stored.
+fn read_jobs(job: &str) -> Result<Vec<Vec<u8>>, Failure> {
     let payloads: Vec<Vec<u8>> = if job == "-" {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| Failure {
@@ -200,7 +248,6 @@ fn enqueue(admin: &mut dyn ProviderAdmin, job: &str) -> Result<(), Failure> {
         })?]
     };
     for (n, payload) in payloads.iter().enumerate() {
-        // Refuse what would only be dead-lettered, before it is stored.
         if let Err(m) = goworker::Job::parse(payload) {
             let at = if job == "-" {
                 format!("stdin line {}", n + 1)
@@ -212,7 +259,78 @@ fn enqueue(admin: &mut dyn ProviderAdmin, job: &str) -> Result<(), Failure> {
                 message: format!("{at}: {}", m.reason),
             });
         }
+    }
+    Ok(payloads)
+}
+
+fn enqueue(admin: &mut dyn ProviderAdmin, payloads: &[Vec<u8>]) -> Result<(), Failure> {
+    for payload in payloads {
         let id = admin.enqueue(payload)?;
+        println!("{id}");
+    }
+    Ok(())
+}
+
+/// When the enqueue target is a `disk` queue that an `http` provider of
+/// the same config stores into (`store:`), or no target is named and one
+/// such pair exists: (http name, disk name). redb lets one process open
+/// the file, so jobs reach a running service's queue through its HTTP
+/// endpoint.
+fn front_of_disk(config: &Path, target: Option<&str>) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let raw: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    let field =
+        |p: &serde_yaml::Value, k: &str| p.get(k).and_then(|v| v.as_str()).map(String::from);
+    let providers: Vec<(String, String, Option<String>)> = raw
+        .get("providers")?
+        .as_sequence()?
+        .iter()
+        .filter_map(|p| {
+            let kind = field(p, "type")?;
+            let name = field(p, "name").unwrap_or_else(|| kind.clone());
+            Some((name, kind, field(p, "store")))
+        })
+        .collect();
+    let is_disk = |n: &str| {
+        providers
+            .iter()
+            .any(|(name, kind, _)| name == n && kind == "disk")
+    };
+    let fronts: Vec<(String, String)> = providers
+        .iter()
+        .filter(|(_, kind, store)| kind == "http" && store.as_deref().is_some_and(is_disk))
+        .filter(|(_, _, store)| target.is_none_or(|t| store.as_deref() == Some(t)))
+        .map(|(name, _, store)| (name.clone(), store.clone().unwrap_or_default()))
+        .collect();
+    match fronts.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+/// Posts each job to the running service's `http` provider; when nothing
+/// answers there (the service is stopped), writes straight into the
+/// `disk` queue's file instead.
+fn enqueue_via(
+    c: &mut Config,
+    http: &str,
+    disk: &str,
+    payloads: &[Vec<u8>],
+) -> Result<(), Failure> {
+    for payload in payloads {
+        let posted = admin(c, Some(http))?.enqueue(payload);
+        let id = match posted {
+            Ok(id) => id,
+            Err(post_error) => match admin(c, Some(disk))?.enqueue(payload) {
+                Ok(id) => id,
+                Err(disk_error) => {
+                    return Err(Failure {
+                        code: 1,
+                        message: format!("{post_error}; and directly: {disk_error}"),
+                    });
+                }
+            },
+        };
         println!("{id}");
     }
     Ok(())
@@ -257,33 +375,33 @@ fn load(path: Option<&Path>, registry: &Registry) -> Result<Config, Failure> {
     })
 }
 
-fn serve(config: Config) -> Result<(), Failure> {
-    let service = Service::builder(config).build()?;
+fn serve(config: Config, path: Option<PathBuf>, registry: Registry) -> Result<(), Failure> {
+    // Registered before start-up, so an early signal waits for its thread
+    // instead of killing the process (SIGHUP's default).
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| Failure {
+        code: 1,
+        message: format!("cannot install signal handlers: {e}"),
+    })?;
+    let service = Service::builder(config).hooks(Notify::from_env()).build()?;
     // A provider that cannot open its source (corrupt database, port in
     // use) is a start-up failure, like a bad config: exit 2.
     let running = service.start().map_err(|e| Failure {
         code: 2,
         message: e.to_string(),
     })?;
-    let handle = running.shutdown_handle();
-    let mut signals = 0u32;
-    ctrlc::set_handler(move || {
-        signals += 1;
-        if signals == 1 {
-            log::info!("signal received: finishing running jobs (send it again to exit at once)");
-            handle.shutdown();
-        } else {
-            log::warn!(
-                "second signal: killing running jobs and exiting; they run again after restart"
-            );
-            handle.kill_running();
-            std::process::exit(1);
-        }
-    })
-    .map_err(|e| Failure {
-        code: 1,
-        message: format!("cannot install signal handler: {e}"),
-    })?;
+    let reload = Reload {
+        path,
+        registry,
+        stats: running.stats(),
+        handle: running.shutdown_handle(),
+    };
+    std::thread::Builder::new()
+        .name("goworker-signals".into())
+        .spawn(move || on_signals(signals, reload))
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot spawn the signal thread: {e}"),
+        })?;
     let report = running.wait();
     if let Some(p) = report.failed_provider {
         return Err(Failure {
@@ -293,6 +411,82 @@ fn serve(config: Config) -> Result<(), Failure> {
     }
     log::info!("stopped: {} job(s) handed back", report.released);
     Ok(())
+}
+
+/// SIGINT/SIGTERM: first a graceful shutdown, then exit at once. SIGHUP:
+/// reload.
+fn on_signals(mut signals: Signals, reload: Reload) {
+    let mut stops = 0u32;
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            reload.run();
+            continue;
+        }
+        stops += 1;
+        if stops == 1 {
+            log::info!("signal received: finishing running jobs (send it again to exit at once)");
+            reload.handle.shutdown();
+        } else {
+            log::warn!(
+                "second signal: killing running jobs and exiting; they run again after restart"
+            );
+            reload.handle.kill_running();
+            std::process::exit(1);
+        }
+    }
+}
+
+/// What SIGHUP needs: the config file, the types to validate it with, and
+/// the running pools.
+struct Reload {
+    path: Option<PathBuf>,
+    registry: Registry,
+    stats: StatsReader,
+    handle: ShutdownHandle,
+}
+
+impl Reload {
+    /// Re-reads the config and applies its worker counts; a config that
+    /// does not validate is refused and the running one stays. Logs go to
+    /// stderr (the journal under systemd), so there is no file to reopen.
+    fn run(&self) {
+        let _ = std::io::stderr().flush();
+        let Some(path) = &self.path else {
+            log::warn!("SIGHUP: running on the embedded config; nothing to re-read");
+            return;
+        };
+        log::info!("SIGHUP: re-reading {}", path.display());
+        let config = match Config::load(path, &self.registry) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reload refused, the running config stays: {e}");
+                return;
+            }
+        };
+        log::info!(
+            "reload: {} is valid; applying worker counts (other changes need a restart)",
+            path.display()
+        );
+        let running = self.stats.snapshot();
+        for p in &config.pools {
+            if running.types.contains_key(&p.name) {
+                // The manager changes only what differs, and logs it.
+                self.handle.resize(&p.name, p.count);
+            } else {
+                log::warn!(
+                    "reload: pool {} is new; adding a pool needs a restart",
+                    p.name
+                );
+            }
+        }
+        for name in running.types.keys() {
+            if !config.pools.iter().any(|p| &p.name == name) {
+                log::warn!(
+                    "reload: pool {name} is no longer configured; it keeps running until a restart"
+                );
+            }
+        }
+    }
 }
 
 fn print_options(registry: &Registry) {

@@ -26,6 +26,14 @@ pub enum Control {
     Abort,
     /// A provider's thread failed; shut down and exit non-zero.
     ProviderFailed(String),
+    /// Change a pool's thread count while jobs run (SIGHUP reload): grow
+    /// at once, or let surplus threads exit after their current job.
+    Resize {
+        /// The pool's name.
+        pool: String,
+        /// The new number of threads (at least 1).
+        count: usize,
+    },
 }
 
 /// Observation hooks called on the manager thread; keep them quick.
@@ -541,7 +549,43 @@ impl Loop {
                 self.report.failed_provider = Some(name);
                 self.begin_shutdown();
             }
+            Control::Resize { pool, count } => self.resize(&pool, count),
         }
+    }
+
+    /// Resizes a pool; refused while shutting down or for an unknown pool.
+    fn resize(&mut self, name: &str, count: usize) {
+        let Some(&i) = self.routes.get(name) else {
+            log::warn!("resize refused: no pool named {name:?}");
+            return;
+        };
+        let old = self.m.pools[i].config.count;
+        if count == old {
+            return;
+        }
+        if count == 0 {
+            log::warn!("resize of pool {name} refused: a pool needs at least 1 thread");
+            return;
+        }
+        if self.state != State::Running {
+            log::warn!("resize of pool {name} refused: shutting down");
+            return;
+        }
+        let pool = &mut self.m.pools[i];
+        let result = pool.resize(count);
+        let new = pool.config.count;
+        // The manager holds at most threads + channel bound jobs.
+        self.limit = self.limit + new - old;
+        if !self.backlog[i].is_empty() {
+            self.flush_backlog(i);
+        }
+        match result {
+            Ok(()) => log::info!("pool {name}: resized from {old} to {new} thread(s)"),
+            Err(e) => {
+                log::error!("pool {name}: resized from {old} to {new} thread(s), not {count}: {e}")
+            }
+        }
+        self.publish();
     }
 
     fn begin_shutdown(&mut self) {

@@ -3,14 +3,19 @@
 //! builds a fresh worker and carries on, so the pool keeps its size.
 //! Threads check the draining flag before starting queued work, so at
 //! shutdown queued tasks go back un-run.
+//!
+//! A pool can be resized while it runs (SIGHUP): growing spawns threads;
+//! shrinking adds retirement tokens that threads claim before taking work,
+//! so surplus threads exit after their current job and nothing queued is
+//! lost. A `Retire` message per token wakes threads that wait idle.
 
 use crate::config::PoolConfig;
 use crate::job::{Job, Outcome};
 use crate::worker::{AbortSlot, JobContext};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,11 +43,37 @@ pub(crate) enum Refused {
     Closed(Task),
 }
 
+/// What a pool thread takes from its queue.
+// Boxing the task would cost an allocation per job; `Retire` is rare.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Run(Task),
+    /// Wakes an idle thread to claim a retirement token, if one is left.
+    Retire,
+}
+
+/// The abort slots of the pool's live threads, shared with [`Aborter`]s so
+/// threads added by a resize can be killed too.
+type Slots = Arc<Mutex<Vec<Arc<AbortSlot>>>>;
+
 pub(crate) struct Pool {
     pub(crate) config: PoolConfig,
-    tx: Option<Sender<Task>>,
-    slots: Vec<Arc<AbortSlot>>,
+    tx: Option<Sender<Msg>>,
+    slots: Slots,
     threads: Vec<JoinHandle<()>>,
+    seed: Seed,
+    spawned: usize,
+    /// Threads asked to exit that have not yet done so.
+    retiring: Arc<AtomicUsize>,
+}
+
+/// What a new pool thread is built from.
+struct Seed {
+    pool: usize,
+    capture_limit: usize,
+    rx: Receiver<Msg>,
+    done: Sender<Done>,
+    draining: Arc<AtomicBool>,
 }
 
 impl Pool {
@@ -56,43 +87,98 @@ impl Pool {
     ) -> std::io::Result<Pool> {
         // Bounded, so tasks live in preallocated slots; the manager keeps
         // what does not fit in its own backlog and never blocks here.
-        let (tx, rx) = crossbeam_channel::bounded::<Task>(queue);
+        let (tx, rx) = crossbeam_channel::bounded::<Msg>(queue);
+        let count = config.count;
         let mut pool = Pool {
             config,
             tx: Some(tx),
-            slots: Vec::new(),
+            slots: Slots::default(),
             threads: Vec::new(),
-        };
-        for n in 0..pool.config.count {
-            let slot = Arc::new(AbortSlot::default());
-            let t = Thread {
+            seed: Seed {
                 pool: index,
-                spec: pool.config.clone(),
                 capture_limit,
-                rx: rx.clone(),
-                done: done.clone(),
-                draining: draining.clone(),
-                slot: slot.clone(),
-            };
-            let name = format!("goworker-{}-{n}", pool.config.name);
-            let handle = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || t.run())?;
-            pool.slots.push(slot);
-            pool.threads.push(handle);
+                rx,
+                done,
+                draining,
+            },
+            spawned: 0,
+            retiring: Arc::default(),
+        };
+        for _ in 0..count {
+            pool.spawn_thread()?;
         }
         Ok(pool)
+    }
+
+    fn spawn_thread(&mut self) -> std::io::Result<()> {
+        let slot = Arc::new(AbortSlot::default());
+        let t = Thread {
+            pool: self.seed.pool,
+            spec: self.config.clone(),
+            capture_limit: self.seed.capture_limit,
+            rx: self.seed.rx.clone(),
+            done: self.seed.done.clone(),
+            draining: self.seed.draining.clone(),
+            slot: slot.clone(),
+            slots: self.slots.clone(),
+            retiring: self.retiring.clone(),
+        };
+        let name = format!("goworker-{}-{}", self.config.name, self.spawned);
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || t.run())?;
+        self.spawned += 1;
+        if let Ok(mut s) = self.slots.lock() {
+            s.push(slot);
+        }
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    /// Changes the number of threads to `count` (at least 1). Growing
+    /// spawns threads now; shrinking asks surplus threads to exit once
+    /// they finish their current job, so no queued task is lost.
+    ///
+    /// # Errors
+    /// A thread that cannot be spawned; the pool keeps the threads it has.
+    pub(crate) fn resize(&mut self, count: usize) -> std::io::Result<()> {
+        let count = count.max(1);
+        let current = self.config.count;
+        self.threads.retain(|t| !t.is_finished());
+        if count > current {
+            // Threads still due to retire stay instead of new ones.
+            let kept = claim_up_to(&self.retiring, count - current);
+            self.config.count += kept;
+            for _ in self.config.count..count {
+                self.spawn_thread()?;
+                self.config.count += 1;
+            }
+        } else if count < current {
+            self.retiring.fetch_add(current - count, Ordering::AcqRel);
+            self.config.count = count;
+            if let Some(tx) = &self.tx {
+                // Wakes idle threads. A full queue means every thread is
+                // busy and claims its token before taking more work.
+                for _ in count..current {
+                    let _ = tx.try_send(Msg::Retire);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Queues a task without blocking.
     #[allow(clippy::result_large_err)] // the task comes back to be kept or released
     pub(crate) fn send(&self, task: Task) -> Result<(), Refused> {
-        match &self.tx {
-            Some(tx) => tx.try_send(task).map_err(|e| match e {
-                crossbeam_channel::TrySendError::Full(t) => Refused::Full(t),
-                crossbeam_channel::TrySendError::Disconnected(t) => Refused::Closed(t),
-            }),
-            None => Err(Refused::Closed(task)),
+        let Some(tx) = &self.tx else {
+            return Err(Refused::Closed(task));
+        };
+        match tx.try_send(Msg::Run(task)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Msg::Run(t))) => Err(Refused::Full(t)),
+            Err(TrySendError::Disconnected(Msg::Run(t))) => Err(Refused::Closed(t)),
+            // Only tasks are sent here.
+            Err(_) => Ok(()),
         }
     }
 
@@ -103,7 +189,7 @@ impl Pool {
 
     /// A handle that kills what the pool runs, usable from any thread.
     pub(crate) fn aborter(&self) -> Aborter {
-        Aborter(Arc::new(self.slots.clone()))
+        Aborter(self.slots.clone())
     }
 
     /// Closes the queue: threads finish what they hold, then exit.
@@ -121,12 +207,14 @@ impl Pool {
 
 /// Kills what one pool's threads are running.
 #[derive(Debug, Clone)]
-pub(crate) struct Aborter(Arc<Vec<Arc<AbortSlot>>>);
+pub(crate) struct Aborter(Slots);
 
 impl Aborter {
     pub(crate) fn abort(&self) {
-        for s in self.0.iter() {
-            s.abort();
+        if let Ok(slots) = self.0.lock() {
+            for s in slots.iter() {
+                s.abort();
+            }
         }
     }
 }
@@ -135,16 +223,30 @@ struct Thread {
     pool: usize,
     spec: PoolConfig,
     capture_limit: usize,
-    rx: Receiver<Task>,
+    rx: Receiver<Msg>,
     done: Sender<Done>,
     draining: Arc<AtomicBool>,
     slot: Arc<AbortSlot>,
+    slots: Slots,
+    retiring: Arc<AtomicUsize>,
 }
 
 impl Thread {
     fn run(self) {
         let mut worker = self.spec.spec.new_worker();
-        while let Ok(task) = self.rx.recv() {
+        loop {
+            // Checked before taking work, so a busy thread asked to retire
+            // leaves after its current job and never strands a task.
+            if claim_up_to(&self.retiring, 1) == 1 {
+                return self.retire();
+            }
+            let task = match self.rx.recv() {
+                Ok(Msg::Run(task)) => task,
+                // Claimed above on the next turn, unless another thread was
+                // quicker.
+                Ok(Msg::Retire) => continue,
+                Err(_) => return,
+            };
             if self.draining.load(Ordering::Acquire) {
                 let d = Done {
                     pool: self.pool,
@@ -185,6 +287,32 @@ impl Thread {
             }
         }
     }
+}
+
+impl Thread {
+    /// Leaves the pool: its slot no longer needs killing.
+    fn retire(self) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.retain(|s| !Arc::ptr_eq(s, &self.slot));
+        }
+        log::debug!(
+            "pool {}: thread {} retired",
+            self.spec.name,
+            std::thread::current().name().unwrap_or("?")
+        );
+    }
+}
+
+/// Takes up to `n` from `counter` atomically; returns how many it took.
+fn claim_up_to(counter: &AtomicUsize, n: usize) -> usize {
+    let mut taken = 0;
+    // Returning None when there is nothing to take skips the write, so the
+    // per-job check is a plain load.
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+        taken = c.min(n);
+        (taken > 0).then(|| c - taken)
+    });
+    taken
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -108,6 +108,7 @@ impl Registry {
         r.register_failure_handler::<crate::failure::file::FileHandlerType>();
         r.register_provider::<crate::provider::memory::MemoryType>();
         r.register_provider::<crate::provider::http::HttpProviderType>();
+        r.register_provider::<crate::provider::disk::Disk>();
         r
     }
 

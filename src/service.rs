@@ -358,6 +358,15 @@ impl ShutdownHandle {
         let _ = self.control.send(Control::Abort);
     }
 
+    /// Changes a pool's thread count while jobs run (a config reload):
+    /// see [`Control::Resize`]. The manager logs the change, or why not.
+    pub fn resize(&self, pool: &str, count: usize) {
+        let _ = self.control.send(Control::Resize {
+            pool: pool.to_string(),
+            count,
+        });
+    }
+
     /// Kills the process groups of running jobs from the calling thread,
     /// without asking the manager (before exiting at once).
     pub fn kill_running(&self) {

@@ -4,5 +4,7 @@
 mod util;
 
 mod core;
+mod disk;
 mod http;
 mod redis;
+mod systemd;

@@ -247,6 +247,68 @@ impl Drop for Redis {
     }
 }
 
+impl Goworker {
+    /// Like `start_with_env`, plus variables computed from the log file
+    /// that goworker's stdout and stderr go to (e.g. `JOURNAL_STREAM`,
+    /// which names the stream by device and inode).
+    pub fn start_with_log_env(
+        dir: &Path,
+        config: &str,
+        env: impl FnOnce(&std::fs::File) -> Vec<(String, String)>,
+    ) -> Goworker {
+        let cfg = dir.join("config.yaml");
+        std::fs::write(&cfg, config).expect("write config");
+        let log = dir.join("goworker-log-env.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let vars = env(&out);
+        let child = Command::new(goworker_bin())
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .current_dir(dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
+            .envs(vars)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn goworker");
+        let g = Goworker {
+            child,
+            dir: dir.to_path_buf(),
+            log,
+        };
+        assert!(
+            wait_until(PATIENCE, || g.log_text().contains("goworker started")
+                || g.exited()),
+            "goworker did not start:\n{}",
+            g.log_text()
+        );
+        g
+    }
+
+    /// Threads of the process whose name starts with `prefix` (pool
+    /// threads are named `goworker-<pool>-<n>`), from /proc.
+    pub fn threads_named(&self, prefix: &str) -> usize {
+        threads_named(self.pid() as u32, prefix)
+    }
+}
+
+/// Threads of process `pid` whose name starts with `prefix`, from /proc
+/// (names are cut to 15 bytes by the kernel).
+pub fn threads_named(pid: u32, prefix: &str) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end().starts_with(prefix))
+        .count()
+}
+
 /// A RESP reply, read fully (arrays included).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resp {
