@@ -61,14 +61,12 @@ struct RedisProvider {
 }
 
 impl RedisProvider {
+    /// The pool, built on first use (no connection is made here).
     fn redis(&mut self) -> Result<&Redis, Error> {
-        if self.redis.is_none() {
-            self.redis = Some(Redis::new(&self.settings)?);
+        match &mut self.redis {
+            Some(r) => Ok(r),
+            slot => Ok(slot.insert(Redis::new(&self.settings)?)),
         }
-        // Set just above.
-        self.redis
-            .as_ref()
-            .ok_or_else(|| Error::provider(&self.settings.name, "no connection"))
     }
 }
 
