@@ -104,6 +104,7 @@ impl Registry {
         let mut r = Registry::new();
         r.register_worker::<crate::worker::cli::Cli>();
         r.register_worker::<crate::worker::noop::Noop>();
+        r.register_provider::<crate::provider::redis::RedisType>();
         r.register_failure_handler::<crate::failure::file::FileHandlerType>();
         r.register_provider::<crate::provider::memory::MemoryType>();
         r.register_provider::<crate::provider::http::HttpProviderType>();

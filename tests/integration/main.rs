@@ -6,4 +6,5 @@ mod util;
 mod core;
 mod disk;
 mod http;
+mod redis;
 mod systemd;
