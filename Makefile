@@ -1,7 +1,7 @@
 # goworker — see README.md. `make test` installs what the tests need.
 CARGO ?= cargo
 
-.PHONY: build run test deps bench bench-http bench-disk lint ci doc install
+.PHONY: build run test deps bench bench-http bench-disk bench-redis lint ci doc install
 
 build:
 	$(CARGO) build --release
@@ -27,6 +27,10 @@ bench-http:
 # The disk provider end to end against raw redb (BENCHMARKS.md).
 bench-disk:
 	$(CARGO) bench --bench disk
+
+# End-to-end redis provider benchmark (BENCHMARKS.md, "Redis provider").
+bench-redis: deps
+	./scripts/bench-redis.sh
 
 lint:
 	$(CARGO) fmt --check

@@ -105,6 +105,7 @@ impl Registry {
         r.register_worker::<crate::worker::cli::Cli>();
         r.register_worker::<crate::worker::http::Http>();
         r.register_worker::<crate::worker::noop::Noop>();
+        r.register_provider::<crate::provider::redis::RedisType>();
         r.register_failure_handler::<crate::failure::file::FileHandlerType>();
         r.register_failure_handler::<crate::failure::http::HttpHandlerType>();
         r.register_failure_handler::<crate::failure::cli::CliHandlerType>();

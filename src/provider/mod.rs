@@ -8,10 +8,12 @@
 //! - [`memory`]: an in-process channel, for tests and library users.
 //! - [`http`]: jobs submitted over HTTP (`POST /job/add`, `/jobs`).
 //! - [`disk`]: a durable queue embedded in a redb file.
+//! - [`redis`]: reliable fetch from redis lists, shared by many processes.
 
 pub(crate) mod disk;
 pub(crate) mod http;
 pub(crate) mod memory;
+pub(crate) mod redis;
 
 use crate::error::Error;
 use crate::job::{FailureRecord, Job, Malformed, Report};

@@ -7,4 +7,5 @@ mod core;
 mod disk;
 mod http;
 mod httpworker;
+mod redis;
 mod systemd;

@@ -309,6 +309,135 @@ pub fn threads_named(pid: u32, prefix: &str) -> usize {
         .count()
 }
 
+/// A RESP reply, read fully (arrays included).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<String>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    /// The strings of an array reply (or of one bulk string).
+    pub fn strings(&self) -> Vec<String> {
+        match self {
+            Resp::Array(Some(items)) => items.iter().flat_map(|i| i.strings()).collect(),
+            Resp::Bulk(Some(s)) | Resp::Simple(s) => vec![s.clone()],
+            Resp::Int(n) => vec![n.to_string()],
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn int(&self) -> i64 {
+        match self {
+            Resp::Int(n) => *n,
+            other => panic!("not an integer reply: {other:?}"),
+        }
+    }
+}
+
+fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let line = line.trim_end_matches("\r\n");
+    let (kind, rest) = line.split_at(1.min(line.len()));
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, line.to_string());
+    Ok(match kind {
+        "+" => Resp::Simple(rest.into()),
+        "-" => Resp::Error(rest.into()),
+        ":" => Resp::Int(rest.parse().map_err(|_| bad())?),
+        "$" => {
+            let n: i64 = rest.parse().map_err(|_| bad())?;
+            if n < 0 {
+                Resp::Bulk(None)
+            } else {
+                let mut buf = vec![0u8; n as usize + 2];
+                std::io::Read::read_exact(r, &mut buf)?;
+                buf.truncate(n as usize);
+                Resp::Bulk(Some(String::from_utf8_lossy(&buf).into_owned()))
+            }
+        }
+        "*" => {
+            let n: i64 = rest.parse().map_err(|_| bad())?;
+            if n < 0 {
+                Resp::Array(None)
+            } else {
+                let mut items = Vec::new();
+                for _ in 0..n {
+                    items.push(read_resp(r)?);
+                }
+                Resp::Array(Some(items))
+            }
+        }
+        _ => return Err(bad()),
+    })
+}
+
+impl Redis {
+    /// Runs one command and reads its whole reply.
+    pub fn query(&self, args: &[&str]) -> std::io::Result<Resp> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a.as_bytes());
+            req.extend_from_slice(b"\r\n");
+        }
+        s.write_all(&req)?;
+        read_resp(&mut BufReader::new(s))
+    }
+
+    /// `query`, panicking on an I/O error (the server is ours).
+    pub fn q(&self, args: &[&str]) -> Resp {
+        self.query(args).expect("redis query")
+    }
+
+    pub fn llen(&self, key: &str) -> i64 {
+        self.q(&["LLEN", key]).int()
+    }
+
+    pub fn lrange(&self, key: &str) -> Vec<String> {
+        self.q(&["LRANGE", key, "0", "-1"]).strings()
+    }
+
+    /// Keys matching `pattern` (tests only: fine on a tiny server).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.q(&["KEYS", pattern]).strings()
+    }
+
+    /// Starts a server on `port` that keeps its data across a kill
+    /// (append-only file, fsync on every write) in `dir`.
+    pub fn start_persistent_on(port: u16, dir: tempfile::TempDir) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run `make test`, which installs it");
+        let r = Redis { child, port, dir };
+        assert!(
+            wait_until(PATIENCE, || r.ping()),
+            "redis-server did not start on port {port}"
+        );
+        r
+    }
+}
+
 /// A request as [`HttpServer`] saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {

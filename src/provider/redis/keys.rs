@@ -1,0 +1,98 @@
+//! The key layout beside each queue `Q` (DESIGN.md, "Redis provider").
+
+use super::options::Settings;
+
+/// The keys of one queue, as this consumer uses them.
+#[derive(Debug)]
+pub(super) struct QueueKeys {
+    /// `Q`: pending jobs, producers `LPUSH`, consumers take from the right.
+    pub(super) queue: String,
+    /// `Q:processing:<consumer>`: jobs this process holds.
+    pub(super) processing: String,
+    /// `Q:consumers`: consumer id -> last heartbeat (server time).
+    pub(super) consumers: String,
+    /// `Q:delayed`: jobs waiting for `run_at` or a retry, by due time.
+    pub(super) delayed: String,
+    /// `Q:dead`: dead-letter records, newest first.
+    pub(super) dead: String,
+    /// `Q:recoveries`: payload SHA-1 -> times recovered from dead consumers.
+    pub(super) recoveries: String,
+    /// `Q:sweep-lock`: held for the few milliseconds of an orphan sweep.
+    pub(super) sweep_lock: String,
+    /// `SCAN` pattern matching every consumer's processing list.
+    pub(super) processing_pattern: String,
+    /// Prefix of processing lists, to read the consumer id back.
+    pub(super) processing_prefix: String,
+}
+
+/// Every queue's keys and this process's consumer id.
+#[derive(Debug)]
+pub(super) struct Keys {
+    pub(super) consumer: String,
+    pub(super) queues: Vec<QueueKeys>,
+}
+
+impl Keys {
+    pub(super) fn new(s: &Settings) -> Keys {
+        let consumer = consumer_id();
+        let queues = s
+            .queues
+            .iter()
+            .map(|q| QueueKeys::new(q, &consumer))
+            .collect();
+        Keys { consumer, queues }
+    }
+}
+
+impl QueueKeys {
+    pub(super) fn new(q: &str, consumer: &str) -> QueueKeys {
+        let processing_prefix = format!("{q}:processing:");
+        QueueKeys {
+            queue: q.to_string(),
+            processing: format!("{processing_prefix}{consumer}"),
+            consumers: format!("{q}:consumers"),
+            delayed: format!("{q}:delayed"),
+            dead: format!("{q}:dead"),
+            recoveries: format!("{q}:recoveries"),
+            sweep_lock: format!("{q}:sweep-lock"),
+            processing_pattern: format!("{}*", glob_escape(&processing_prefix)),
+            processing_prefix,
+        }
+    }
+}
+
+/// Unique per process start: host, pid and a random suffix.
+fn consumer_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let suffix: u32 = rand::random();
+    format!("{host}:{}:{suffix:08x}", std::process::id())
+}
+
+/// Escapes glob characters so a queue name matches only itself in `SCAN`.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_and_escaping() {
+        let k = QueueKeys::new("jobs[1]", "h:1:ab");
+        assert_eq!(k.processing, "jobs[1]:processing:h:1:ab");
+        assert_eq!(k.processing_pattern, "jobs\\[1\\]:processing:*");
+        assert_ne!(consumer_id(), consumer_id());
+    }
+}

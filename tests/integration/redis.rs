@@ -1,0 +1,716 @@
+//! The redis provider against real redis-server processes and real
+//! goworker processes (issue 3, "Must show").
+
+use crate::util::*;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// A script that appends "ID UNIXTIME" to the file OUT: `record.sh ID OUT`.
+fn record_script(dir: &Path) -> PathBuf {
+    script(dir, "record.sh", r#"echo "$1 $(date +%s.%N)" >> "$2""#)
+}
+
+fn config(redis: &Redis, extra: &str, allow: &[&Path], workers: usize) -> String {
+    let allow: Vec<String> = allow.iter().map(|p| format!("{:?}", p)).collect();
+    format!(
+        "manager:\n  stats_listen: null\n  shutdown_timeout: 2s\n  retry: {{ base: 300ms, max: 5s, jitter: none }}\n\
+         providers:\n  - type: redis\n    name: main\n    url: {}\n    heartbeat: 200ms\n    orphan_after: 1s\n{extra}\
+         workers:\n  - type: cli\n    count: {workers}\n    allow: [{}]\n  - type: noop\n",
+        redis.url(),
+        allow.join(", ")
+    )
+}
+
+fn record_job(script: &Path, id: &str, out: &Path) -> String {
+    serde_json::json!({
+        "id": id, "type": "cli",
+        "params": {"command": script, "params": [id, out]}
+    })
+    .to_string()
+}
+
+/// The ids recorded in `out`, in order, with the time each ran.
+fn recorded(out: &Path) -> Vec<(String, f64)> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (id, t) = l.split_once(' ')?;
+            Some((id.to_string(), t.parse().ok()?))
+        })
+        .collect()
+}
+
+fn ids(out: &Path) -> Vec<String> {
+    recorded(out).into_iter().map(|(id, _)| id).collect()
+}
+
+/// Non-empty processing lists of `queue`.
+fn processing(redis: &Redis, queue: &str) -> Vec<String> {
+    redis
+        .keys(&format!("{queue}:processing:*"))
+        .into_iter()
+        .filter(|k| redis.llen(k) > 0)
+        .collect()
+}
+
+fn dead_records(redis: &Redis, queue: &str) -> Vec<serde_json::Value> {
+    redis
+        .lrange(&format!("{queue}:dead"))
+        .iter()
+        .map(|r| serde_json::from_str(r).expect("dead record is JSON"))
+        .collect()
+}
+
+#[test]
+fn lpush_producers_get_fifo_order_and_queues_are_served_by_priority() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    let mut expected = Vec::new();
+    for i in 0..5 {
+        let id = format!("high-{i}");
+        redis.q(&["LPUSH", "high", &record_job(&rec, &id, &out)]);
+        expected.push(id);
+    }
+    for i in 0..20 {
+        let id = format!("low-{i}");
+        redis.q(&["LPUSH", "job_list", &record_job(&rec, &id, &out)]);
+        expected.push(id);
+    }
+    // Evicted keys are lost jobs: goworker warns about such a server.
+    redis.q(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let cfg = config(&redis, "    queues: [high, job_list]\n", &[&rec], 1);
+    let g = Goworker::start(dir.path(), &cfg);
+    assert!(
+        wait_until(LONG, || ids(&out).len() >= 25),
+        "{:?}",
+        ids(&out)
+    );
+    assert_eq!(ids(&out), expected);
+    // Later pushes, found while idle on either queue, keep their order too.
+    for i in 0..3 {
+        let id = format!("later-{i}");
+        redis.q(&["LPUSH", "job_list", &record_job(&rec, &id, &out)]);
+        expected.push(id);
+    }
+    assert!(wait_until(LONG, || ids(&out).len() >= 28));
+    assert_eq!(ids(&out), expected);
+    assert!(
+        g.log_text()
+            .contains("maxmemory-policy is allkeys-lru, not noeviction")
+    );
+}
+
+#[test]
+fn kill_9_of_one_process_loses_no_job_and_duplicates_only_what_it_held() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    let all: Vec<String> = (0..1000).map(|i| format!("job-{i}")).collect();
+    for id in &all {
+        redis.q(&["LPUSH", "job_list", &record_job(&rec, id, &out)]);
+    }
+    let extra = "    fetch_batch: 10\n";
+    let cfg = config(&redis, extra, &[&rec], 4).replace(
+        "  shutdown_timeout: 2s\n",
+        "  shutdown_timeout: 2s\n  channel_bound: 8\n",
+    );
+    let dir_a = temp_dir();
+    let dir_b = temp_dir();
+    let mut a = Goworker::start(dir_a.path(), &cfg);
+    let _b = Goworker::start(dir_b.path(), &cfg);
+    assert!(wait_until(LONG, || ids(&out).len() >= 200));
+    let a_key = redis
+        .keys("job_list:processing:*")
+        .into_iter()
+        .find(|k| k.split(':').nth(3) == Some(&a.pid().to_string()))
+        .expect("process A has a processing list");
+    a.sigkill();
+    // A is dead: its processing list is frozen until B recovers it.
+    let held: HashSet<String> = redis
+        .lrange(&a_key)
+        .iter()
+        .map(|p| {
+            let v: serde_json::Value = serde_json::from_str(p).expect("job JSON");
+            v["id"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert!(!held.is_empty(), "A held no jobs at the kill");
+    assert!(
+        wait_until(LONG, || {
+            let seen: HashSet<String> = ids(&out).into_iter().collect();
+            all.iter().all(|id| seen.contains(id))
+        }),
+        "missing ids after the crash: {} of 1000 seen",
+        ids(&out).iter().collect::<HashSet<_>>().len()
+    );
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for id in ids(&out) {
+        *counts.entry(id).or_default() += 1;
+    }
+    for (id, n) in &counts {
+        if *n > 1 {
+            assert!(
+                held.contains(id),
+                "{id} ran {n} times but A did not hold it"
+            );
+        }
+    }
+    assert!(wait_until(LONG, || redis.llen(&a_key) == 0));
+}
+
+#[test]
+fn redis_restart_on_the_same_port_reconnects_and_every_job_completes() {
+    let port = free_port();
+    let redis = Redis::start_persistent_on(port, temp_dir());
+    let dir = temp_dir();
+    let slow = script(
+        dir.path(),
+        "slow.sh",
+        r#"sleep 0.1; echo "$1 $(date +%s.%N)" >> "$2""#,
+    );
+    let out = dir.path().join("out.txt");
+    let all: Vec<String> = (0..40).map(|i| format!("job-{i}")).collect();
+    for id in &all {
+        redis.q(&["LPUSH", "job_list", &record_job(&slow, id, &out)]);
+    }
+    let stats = free_port();
+    let cfg = config(&redis, "", &[&slow], 2).replace(
+        "stats_listen: null",
+        &format!("stats_listen: 127.0.0.1:{stats}"),
+    );
+    let g = Goworker::start(dir.path(), &cfg);
+    assert!(wait_until(LONG, || ids(&out).len() >= 4));
+    assert!(wait_until(LONG, || healthz(stats).0 == 200));
+    let data = redis.stop();
+    assert!(
+        wait_until(LONG, || g.log_text().contains("redis unreachable")),
+        "{}",
+        g.log_text()
+    );
+    // The lost connection shows in /healthz with its reason.
+    assert!(wait_until(LONG, || {
+        let (code, body) = healthz(stats);
+        code == 503 && body.contains("redis")
+    }));
+    let redis = Redis::start_persistent_on(port, data);
+    assert!(
+        wait_until(LONG, || {
+            let seen: HashSet<String> = ids(&out).into_iter().collect();
+            all.iter().all(|id| seen.contains(id))
+        }),
+        "not every job ran: {:?}",
+        ids(&out)
+    );
+    // Acks of jobs that finished while redis was down were delivered.
+    assert!(
+        wait_until(LONG, || redis.llen("job_list") == 0
+            && processing(&redis, "job_list").is_empty()),
+        "queue {} / processing {:?}",
+        redis.llen("job_list"),
+        processing(&redis, "job_list")
+    );
+    assert!(g.log_text().matches("connected to redis").count() >= 2);
+    assert!(wait_until(LONG, || healthz(stats).0 == 200));
+    // Only one process, and it never lost track of a job: nothing ran twice.
+    let ran = ids(&out);
+    let unique: HashSet<&String> = ran.iter().collect();
+    assert_eq!(unique.len(), ran.len(), "{ran:?}");
+    // Logged once per change of state, not once per failed attempt.
+    assert_eq!(g.log_text().matches("redis unreachable").count(), 1);
+}
+
+/// `GET /healthz` on the stats server: (status, body); (0, "") when it
+/// cannot be reached.
+fn healthz(port: u16) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    (code, body.unwrap_or_default())
+}
+
+#[test]
+fn a_failing_job_backs_off_through_the_delayed_set_then_dead_letters_and_run_at_waits() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let fail = script(dir.path(), "fail.sh", "echo broken; exit 1");
+    let out = dir.path().join("out.txt");
+    let cfg = config(&redis, "", &[&rec, &fail], 2);
+    let _g = Goworker::start(dir.path(), &cfg);
+
+    let run_at = goworker_now() + 2.0;
+    let later = serde_json::json!({
+        "id": "later", "type": "cli", "run_at": run_at,
+        "params": {"command": rec, "params": ["later", out]}
+    });
+    redis.q(&["LPUSH", "job_list", &later.to_string()]);
+    let failing = serde_json::json!({
+        "id": "failing", "type": "cli", "retries": 3, "capture_output": true,
+        "params": {"command": fail}
+    });
+    redis.q(&["LPUSH", "job_list", &failing.to_string()]);
+
+    // Watch the delayed set: each retry waits there, due later each time.
+    let mut due: HashMap<u64, f64> = HashMap::new();
+    let mut later_waited = false;
+    let finished = wait_until(LONG, || {
+        let entries = redis.q(&["ZRANGE", "job_list:delayed", "0", "-1", "WITHSCORES"]);
+        for pair in entries.strings().chunks(2) {
+            let job: serde_json::Value = serde_json::from_str(&pair[0]).expect("job JSON");
+            let score: f64 = pair[1].parse().expect("score");
+            match job["id"].as_str() {
+                Some("failing") => {
+                    due.insert(job["attempts"].as_u64().unwrap_or(0), score);
+                }
+                Some("later") => later_waited = true,
+                _ => {}
+            }
+        }
+        !dead_records(&redis, "job_list").is_empty() && !ids(&out).is_empty()
+    });
+    assert!(finished, "due times seen: {due:?}");
+    let dead = dead_records(&redis, "job_list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["id"], "failing");
+    assert_eq!(dead[0]["attempts"], 4);
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("exit status 1"),
+        "{}",
+        dead[0]
+    );
+    assert!(dead[0]["output"].as_str().unwrap_or("").contains("broken"));
+    assert!(dead[0]["first_attempt_at"].as_f64().is_some());
+    assert!(dead[0]["last_attempt_at"].as_f64().is_some());
+    assert_eq!(dead[0]["job"]["retries"], 3);
+    let (d1, d2, d3) = (due[&1], due[&2], due[&3]);
+    assert!(d1 < d2 && d2 < d3, "{due:?}");
+    assert!(d3 - d2 > d2 - d1, "back-off does not grow: {due:?}");
+
+    assert!(
+        later_waited,
+        "the run_at job never waited in the delayed set"
+    );
+    let ran = recorded(&out);
+    assert_eq!(ran.len(), 1);
+    assert!(
+        ran[0].1 >= run_at,
+        "started at {} before run_at {run_at}",
+        ran[0].1
+    );
+    assert_eq!(redis.llen("job_list"), 0);
+    assert!(processing(&redis, "job_list").is_empty());
+}
+
+fn goworker_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+#[test]
+fn malformed_json_and_unknown_types_are_dead_lettered_raw_without_retry() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    let cfg = config(&redis, "", &[&rec], 1);
+    let g = Goworker::start(dir.path(), &cfg);
+    let bad_json = "{\"type\": \"cli\", oops";
+    let unknown = r#"{"type":"teleport","retries":5,"colour":"blue"}"#;
+    redis.q(&["LPUSH", "job_list", bad_json]);
+    redis.q(&["LPUSH", "job_list", unknown]);
+    redis.q(&["LPUSH", "job_list", &record_job(&rec, "good", &out)]);
+    assert!(wait_until(LONG, || ids(&out) == ["good"]));
+    assert!(wait_until(LONG, || dead_records(&redis, "job_list").len() == 2));
+    let dead = dead_records(&redis, "job_list");
+    let by_raw: HashMap<&str, &serde_json::Value> = dead
+        .iter()
+        .map(|r| (r["raw"].as_str().expect("raw kept"), r))
+        .collect();
+    assert!(
+        by_raw[bad_json]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("invalid JSON")
+    );
+    assert_eq!(by_raw[bad_json]["attempts"], 0);
+    assert!(
+        by_raw[unknown]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no worker pool for type \"teleport\"")
+    );
+    assert_eq!(by_raw[unknown]["attempts"], 0);
+    // Nothing retried, nothing left behind, and the service runs on.
+    redis.q(&["LPUSH", "job_list", &record_job(&rec, "after", &out)]);
+    assert!(wait_until(LONG, || ids(&out) == ["good", "after"]));
+    assert_eq!(dead_records(&redis, "job_list").len(), 2);
+    assert_eq!(redis.q(&["ZCARD", "job_list:delayed"]).int(), 0);
+    assert!(processing(&redis, "job_list").is_empty());
+    assert!(g.log_text().contains("malformed job dead-lettered"));
+}
+
+#[test]
+fn a_job_that_kills_its_process_is_dead_lettered_after_max_recoveries() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    let killer = script(dir.path(), "killer.sh", "kill -9 $PPID; sleep 5");
+    let cfg = config(&redis, "    max_recoveries: 2\n", &[&rec, &killer], 2);
+    let pill =
+        serde_json::json!({"id": "pill", "type": "cli", "params": {"command": killer}}).to_string();
+    redis.q(&["LPUSH", "job_list", &pill]);
+    let mut g = Goworker::start(dir.path(), &cfg);
+    let mut starts = 1;
+    // A supervisor, as systemd would be: restart the process whenever it dies.
+    let dead_lettered = wait_until(LONG, || {
+        if g.child.try_wait().ok().flatten().is_some() {
+            g = Goworker::start(dir.path(), &cfg);
+            starts += 1;
+        }
+        !dead_records(&redis, "job_list").is_empty()
+    });
+    assert!(dead_lettered, "started {starts} times");
+    assert!(
+        starts >= 3,
+        "the pill killed only {} process(es)",
+        starts - 1
+    );
+    let dead = dead_records(&redis, "job_list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["id"], "pill");
+    assert_eq!(dead[0]["raw"], pill);
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("poison pill"),
+        "{}",
+        dead[0]
+    );
+    // Other jobs keep flowing.
+    let all: Vec<String> = (0..10).map(|i| format!("after-{i}")).collect();
+    for id in &all {
+        redis.q(&["LPUSH", "job_list", &record_job(&rec, id, &out)]);
+    }
+    assert!(wait_until(LONG, || {
+        if g.child.try_wait().ok().flatten().is_some() {
+            g = Goworker::start(dir.path(), &cfg);
+        }
+        ids(&out).len() >= all.len()
+    }));
+    let mut seen = ids(&out);
+    seen.sort();
+    let mut want = all.clone();
+    want.sort();
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn sigterm_leaves_the_processing_list_empty_and_the_jobs_back_in_the_queue() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let sleeper = script(dir.path(), "sleeper.sh", "sleep 30");
+    let cfg = config(&redis, "", &[&sleeper], 2);
+    let jobs: Vec<String> = (0..6)
+        .map(|i| {
+            serde_json::json!({"id": format!("s{i}"), "type": "cli", "params": {"command": sleeper}})
+                .to_string()
+        })
+        .collect();
+    for j in &jobs {
+        redis.q(&["LPUSH", "job_list", j]);
+    }
+    let mut g = Goworker::start(dir.path(), &cfg);
+    assert!(wait_until(LONG, || g
+        .log_text()
+        .matches("attempt 1 on pool cli")
+        .count()
+        >= 2));
+    let held = processing(&redis, "job_list");
+    assert_eq!(held.len(), 1, "{held:?}");
+    let consumer = held[0]
+        .trim_start_matches("job_list:processing:")
+        .to_string();
+    g.sigterm();
+    let status = g.wait_exit(LONG).expect("goworker exited");
+    assert!(status.success(), "{status:?}\n{}", g.log_text());
+    assert_eq!(redis.llen(&held[0]), 0);
+    assert!(processing(&redis, "job_list").is_empty());
+    assert_eq!(redis.llen("job_list"), 6);
+    // Back in their order: the oldest is taken first again.
+    let mut queue = redis.lrange("job_list");
+    queue.reverse();
+    assert_eq!(queue, jobs);
+    assert!(
+        !redis
+            .q(&["ZRANGE", "job_list:consumers", "0", "-1"])
+            .strings()
+            .contains(&consumer)
+    );
+}
+
+#[test]
+fn enqueue_and_dead_retry_all_put_jobs_back_and_they_run() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let flag = dir.path().join("ready");
+    let out = dir.path().join("out.txt");
+    let gate = script(
+        dir.path(),
+        "gate.sh",
+        r#"[ -f "$1" ] || exit 1; echo "$3 ok" >> "$2""#,
+    );
+    let cfg = config(&redis, "", &[&gate], 1);
+    let g = Goworker::start(dir.path(), &cfg);
+    let cfg_path = dir.path().join("config.yaml");
+    let cfg_arg = cfg_path.to_str().expect("utf-8 path");
+    for id in ["g1", "g2"] {
+        let job = serde_json::json!({
+            "id": id, "type": "cli",
+            "params": {"command": gate, "params": [flag, out, id]}
+        });
+        let file = dir.path().join(format!("{id}.json"));
+        std::fs::write(&file, job.to_string()).expect("write job");
+        let (code, stdout, stderr) = goworker(
+            &["enqueue", "-c", cfg_arg, file.to_str().expect("path")],
+            dir.path(),
+        );
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(stdout.trim(), id);
+    }
+    assert!(wait_until(LONG, || dead_records(&redis, "job_list").len() == 2));
+    let (code, stdout, _) = goworker(&["dead", "-c", cfg_arg, "list"], dir.path());
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("\"g1\"") && stdout.contains("\"g2\""),
+        "{stdout}"
+    );
+
+    std::fs::write(&flag, "").expect("flag");
+    let (code, stdout, stderr) = goworker(&["dead", "-c", cfg_arg, "retry", "g1"], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("re-queued 1 job(s)"), "{stdout}");
+    assert!(wait_until(LONG, || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("g1 ok")
+    }));
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(!text.contains("g2 ok"), "only g1 was re-queued: {text}");
+    assert_eq!(dead_records(&redis, "job_list").len(), 1);
+    let args = [
+        "dead",
+        "-c",
+        cfg_arg,
+        "--provider",
+        "main",
+        "retry",
+        "--all",
+    ];
+    let (code, stdout, stderr) = goworker(&args, dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("re-queued 1 job(s)"), "{stdout}");
+    assert!(
+        wait_until(LONG, || {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            text.contains("g1 ok") && text.contains("g2 ok")
+        }),
+        "{}",
+        g.log_text()
+    );
+    assert!(dead_records(&redis, "job_list").is_empty());
+
+    // A bad payload is refused before it is stored; purge empties the dead letters.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{nope").expect("write");
+    let (code, _, stderr) = goworker(
+        &["enqueue", "-c", cfg_arg, bad.to_str().expect("path")],
+        dir.path(),
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("bad.json"), "{stderr}");
+    redis.q(&[
+        "LPUSH",
+        "job_list:dead",
+        r#"{"raw":"x","error":"e","attempts":0,"failed_at":1}"#,
+    ]);
+    let (code, stdout, _) = goworker(&["dead", "-c", cfg_arg, "purge"], dir.path());
+    assert_eq!(code, 0);
+    assert!(stdout.contains("purged 1"), "{stdout}");
+    assert_eq!(redis.llen("job_list:dead"), 0);
+}
+
+#[test]
+fn rate_limit_paces_the_jobs_taken() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    for i in 0..12 {
+        redis.q(&[
+            "LPUSH",
+            "job_list",
+            &record_job(&rec, &format!("r{i}"), &out),
+        ]);
+    }
+    let cfg = config(&redis, "    rate_limit: 10\n", &[&rec], 4);
+    let _g = Goworker::start(dir.path(), &cfg);
+    assert!(wait_until(LONG, || ids(&out).len() >= 12));
+    let times: Vec<f64> = recorded(&out).into_iter().map(|(_, t)| t).collect();
+    let first = times.iter().cloned().fold(f64::MAX, f64::min);
+    let last = times.iter().cloned().fold(f64::MIN, f64::max);
+    // 10 jobs/s with bursts of one: 12 jobs cannot start within 1 s.
+    assert!(
+        last - first >= 1.0,
+        "12 jobs ran within {:.3} s",
+        last - first
+    );
+}
+
+#[test]
+fn password_from_the_environment_is_used_and_never_logged() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    redis.q(&["LPUSH", "job_list", &record_job(&rec, "authed", &out)]);
+    // From here on the server wants the password (our helper can no longer talk to it).
+    redis.q(&["CONFIG", "SET", "requirepass", "s3cret-pw"]);
+    let cfg = config(&redis, "    password_env: GW_TEST_REDIS_PW\n", &[&rec], 1);
+    let g = Goworker::start_with_env(dir.path(), &cfg, &[("GW_TEST_REDIS_PW", "s3cret-pw")]);
+    assert!(
+        wait_until(LONG, || ids(&out) == ["authed"]),
+        "{}",
+        g.log_text()
+    );
+    assert!(!g.log_text().contains("s3cret-pw"));
+
+    // A variable that is not set stops start-up with a clear error.
+    let dir2 = temp_dir();
+    let cfg2 = config(
+        &redis,
+        "    password_env: GW_TEST_UNSET_VARIABLE\n",
+        &[&rec],
+        1,
+    );
+    std::fs::write(dir2.path().join("config.yaml"), cfg2).expect("write config");
+    let (code, _, stderr) = goworker(&["run", "-c", "config.yaml"], dir2.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("GW_TEST_UNSET_VARIABLE"), "{stderr}");
+}
+
+#[test]
+fn bad_redis_options_fail_the_check_with_the_key_named() {
+    let dir = temp_dir();
+    for (option, key) in [
+        ("pool_size: 1", "pool_size"),
+        ("url: http://localhost", "url"),
+        ("queues: []", "queues"),
+        ("orphan_after: 1s\n    heartbeat: 1s", "orphan_after"),
+        ("colour: blue", "colour"),
+    ] {
+        let cfg = format!(
+            "manager: {{ stats_listen: null }}\nproviders:\n  - type: redis\n    {option}\nworkers:\n  - type: noop\n"
+        );
+        std::fs::write(dir.path().join("config.yaml"), cfg).expect("write config");
+        let (code, _, stderr) = goworker(&["check", "-c", "config.yaml"], dir.path());
+        assert_eq!(code, 2, "{option}: {stderr}");
+        assert!(
+            stderr.contains("providers[0]") && stderr.contains(key),
+            "{option}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn enqueue_reads_one_job_per_line_from_stdin() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    let cfg = config(&redis, "", &[&rec], 1);
+    std::fs::write(dir.path().join("config.yaml"), &cfg).expect("write config");
+    let lines = format!(
+        "{}\n\n{}\n",
+        record_job(&rec, "in-1", &out),
+        record_job(&rec, "in-2", &out)
+    );
+    let mut child = std::process::Command::new(goworker_bin())
+        .args(["enqueue", "-c", "config.yaml", "-"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn enqueue");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), lines.as_bytes())
+        .expect("write stdin");
+    let result = child.wait_with_output().expect("enqueue ran");
+    assert!(result.status.success());
+    assert_eq!(String::from_utf8_lossy(&result.stdout), "in-1\nin-2\n");
+    assert_eq!(redis.llen("job_list"), 2);
+    let _g = Goworker::start(dir.path(), &cfg);
+    assert!(wait_until(LONG, || ids(&out) == ["in-1", "in-2"]));
+}
+
+#[test]
+fn jobs_moved_by_a_fetch_whose_reply_was_lost_are_not_stranded() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    let cfg = config(&redis, "", &[&rec], 1);
+    let g = Goworker::start(dir.path(), &cfg);
+    assert!(wait_until(LONG, || redis
+        .q(&["ZCARD", "job_list:consumers"])
+        .int()
+        == 1));
+    let consumer = redis
+        .q(&["ZRANGE", "job_list:consumers", "0", "-1"])
+        .strings()[0]
+        .clone();
+    // What Redis does for a fetch whose reply never reaches goworker: the
+    // jobs are in its processing list, and then the connection breaks.
+    let list = format!("job_list:processing:{consumer}");
+    for id in ["lost-0", "lost-1", "lost-2"] {
+        redis.q(&["LPUSH", &list, &record_job(&rec, id, &out)]);
+    }
+    redis.q(&["CLIENT", "KILL", "TYPE", "normal"]);
+    assert!(
+        wait_until(LONG, || ids(&out) == ["lost-0", "lost-1", "lost-2"]),
+        "{:?}\n{}",
+        ids(&out),
+        g.log_text()
+    );
+    assert!(wait_until(LONG, || redis.llen(&list) == 0));
+    assert!(
+        g.log_text()
+            .contains("before the connection broke are delivered now")
+    );
+}
