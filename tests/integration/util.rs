@@ -185,17 +185,14 @@ impl Redis {
 
     /// Starts (or restarts) a server on `port`.
     pub fn start_on(port: u16, dir: tempfile::TempDir) -> Redis {
+        Redis::spawn(port, dir, &["--appendonly", "no"])
+    }
+
+    fn spawn(port: u16, dir: tempfile::TempDir, persistence: &[&str]) -> Redis {
+        let port_text = port.to_string();
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port_text, "--bind", "127.0.0.1", "--save", ""])
+            .args(persistence)
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -411,30 +408,11 @@ impl Redis {
     /// Starts a server on `port` that keeps its data across a kill
     /// (append-only file, fsync on every write) in `dir`.
     pub fn start_persistent_on(port: u16, dir: tempfile::TempDir) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: run `make test`, which installs it");
-        let r = Redis { child, port, dir };
-        assert!(
-            wait_until(PATIENCE, || r.ping()),
-            "redis-server did not start on port {port}"
-        );
-        r
+        Redis::spawn(
+            port,
+            dir,
+            &["--appendonly", "yes", "--appendfsync", "always"],
+        )
     }
 }
 
