@@ -151,6 +151,9 @@ pub struct ProviderStats {
     /// Why it is down.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// Jobs waiting at its source (pending and delayed), when it reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<u64>,
 }
 
 /// Counters of the jobs of one type that came from one provider (the
@@ -315,6 +318,7 @@ impl Stats {
                     rejected: self.rejected[i],
                     up: h.is_up(),
                     reason: h.reason(),
+                    queue_depth: h.queue_depth(),
                 },
             );
         }

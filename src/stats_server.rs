@@ -265,6 +265,18 @@ impl Collector for SnapshotCollector {
             m.encode_family(&[("provider", name.as_str())])?
                 .encode_gauge(&i64::from(p.up))?;
         }
+        let mut m = e.encode_descriptor(
+            "goworker_queue_depth",
+            "Jobs waiting at the provider's source (pending and delayed)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, p) in &s.providers {
+            if let Some(depth) = p.queue_depth {
+                m.encode_family(&[("provider", name.as_str())])?
+                    .encode_gauge(&(depth as i64))?;
+            }
+        }
         e.encode_descriptor(
             "goworker_uptime_seconds",
             "Seconds since the service started",

@@ -20,7 +20,7 @@ use crate::job::{FailureRecord, Job, Malformed, Report};
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -197,6 +197,8 @@ pub struct Health {
     name: String,
     up: AtomicBool,
     reason: Mutex<String>,
+    /// Jobs waiting at the source; -1 while unknown.
+    depth: AtomicI64,
 }
 
 impl Health {
@@ -205,6 +207,7 @@ impl Health {
             name: name.to_string(),
             up: AtomicBool::new(false),
             reason: Mutex::new("starting".into()),
+            depth: AtomicI64::new(-1),
         }
     }
 
@@ -216,6 +219,12 @@ impl Health {
     /// Whether the provider's source is reachable.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// Jobs waiting at the source (pending and delayed), when the
+    /// provider reports it.
+    pub fn queue_depth(&self) -> Option<u64> {
+        u64::try_from(self.depth.load(Ordering::Relaxed)).ok()
     }
 
     /// Why it is down ("" when up).
@@ -315,6 +324,13 @@ impl ProviderContext {
     /// change (log only then).
     pub fn set_down(&self, reason: &str) -> bool {
         self.health.set(false, reason)
+    }
+
+    /// Reports how many jobs wait at the source (pending and delayed), for
+    /// `/stats` and `/metrics`; call it every few seconds at most.
+    pub fn set_queue_depth(&self, jobs: u64) {
+        let jobs = i64::try_from(jobs).unwrap_or(i64::MAX);
+        self.health.depth.store(jobs, Ordering::Relaxed);
     }
 
     /// Whether a job `type` has a worker pool.

@@ -161,6 +161,45 @@ fn run_at_is_honoured_in_process() {
 }
 
 #[test]
+fn stats_report_the_queue_depth() {
+    let dir = temp_dir();
+    let provider = disk(&dir.path().join("queue.redb"));
+    let store = provider.store().unwrap();
+    let service = Service::builder(Config::empty())
+        .provider("local", provider)
+        .pool::<Count>(
+            "count",
+            1,
+            CountOptions {
+                key: "depth".into(),
+            },
+        )
+        .unwrap()
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let jobs: Vec<Job> = (0..7)
+        .map(|n| {
+            let mut j = count_job(n);
+            j.run_at = Some(goworker::unix_now() + 3600.0);
+            j
+        })
+        .collect();
+    store.put(&jobs).unwrap();
+    let depth = || {
+        service
+            .snapshot()
+            .providers
+            .get("local")
+            .and_then(|p| p.queue_depth)
+    };
+    assert!(wait_until(PATIENCE, || depth() == Some(7)), "{:?}", depth());
+    service.shutdown();
+    service.wait();
+}
+
+#[test]
 fn a_store_refuses_jobs_once_the_service_stopped() {
     let dir = temp_dir();
     let provider = disk(&dir.path().join("queue.redb"));

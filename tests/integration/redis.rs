@@ -714,3 +714,30 @@ fn jobs_moved_by_a_fetch_whose_reply_was_lost_are_not_stranded() {
             .contains("before the connection broke are delivered now")
     );
 }
+
+#[test]
+fn stats_report_the_queue_depth_pending_and_delayed() {
+    let redis = Redis::start();
+    let yaml = config(&redis, "", &[], 1);
+    let config = goworker::Config::parse(&yaml, &goworker::Registry::with_builtins()).unwrap();
+    let service = goworker::Service::builder(config)
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    // Four jobs due in an hour wait in the delayed set: they count.
+    for n in 0..4 {
+        let job = serde_json::json!({"id": format!("later-{n}"), "type": "noop", "run_at": goworker_now() + 3600.0});
+        redis.q(&["LPUSH", "job_list", &job.to_string()]);
+    }
+    let depth = || {
+        service
+            .snapshot()
+            .providers
+            .get("main")
+            .and_then(|p| p.queue_depth)
+    };
+    assert!(wait_until(PATIENCE, || depth() == Some(4)), "{:?}", depth());
+    service.shutdown();
+    service.wait();
+}

@@ -224,7 +224,15 @@ impl Provider for DiskProvider {
 
     fn run(&mut self, ctx: &ProviderContext) -> Result<(), Error> {
         ctx.set_up();
+        let mut next_depth = std::time::Instant::now();
         while !ctx.is_stopping() {
+            if std::time::Instant::now() >= next_depth {
+                // Queue depth for /stats, from one read transaction a second.
+                if let Ok((pending, _, _)) = self.shared.store.counts() {
+                    ctx.set_queue_depth(pending);
+                }
+                next_depth = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            }
             match self.shared.store.fetch(db::now_micros(), self.shared.batch) {
                 Ok(f) => {
                     ctx.set_up();

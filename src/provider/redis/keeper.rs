@@ -49,6 +49,7 @@ impl Keeper {
             s: s.clone(),
             keys: keys.clone(),
             conn: None,
+            ctx: ctx.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("goworker-redis-upkeep-{}", s.name))
@@ -120,6 +121,7 @@ struct Upkeep {
     s: Arc<Settings>,
     keys: Arc<Keys>,
     conn: Option<Conn>,
+    ctx: ProviderContext,
 }
 
 impl Upkeep {
@@ -144,6 +146,13 @@ impl Upkeep {
                 .invoke::<()>(&mut **conn)
                 .map_err(|e| e.to_string())?;
             *next_heartbeat = now + s.heartbeat;
+            // Queue depth for /stats: pending plus delayed, every queue.
+            let mut depth = redis::pipe();
+            for q in &keys.queues {
+                depth.llen(&q.queue).zcard(&q.delayed);
+            }
+            let counts: Vec<u64> = depth.query(&mut **conn).map_err(|e| e.to_string())?;
+            self.ctx.set_queue_depth(counts.iter().sum());
         }
         for q in &keys.queues {
             promote(conn, q)?;
