@@ -175,6 +175,7 @@ impl Loop {
         let tick = crossbeam_channel::tick(TICK);
         let never = crossbeam_channel::never();
         self.publish();
+        let mut busy = false;
         loop {
             if self.state != State::Running && self.inflight.is_empty() {
                 return;
@@ -188,6 +189,13 @@ impl Loop {
                     self.on_control(c);
                 }
                 self.after_wake();
+                busy = true;
+                continue;
+            }
+            // Just out of work: let the workers run once before parking, so
+            // the next outcomes arrive as a batch instead of one wake-up each.
+            if std::mem::take(&mut busy) {
+                std::thread::yield_now();
                 continue;
             }
             let now = Instant::now();
