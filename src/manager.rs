@@ -111,6 +111,9 @@ pub(crate) struct Manager {
     pub(crate) failures: Sender<FailureRecord>,
     pub(crate) reader: StatsReader,
     pub(crate) stopping: Arc<AtomicBool>,
+    /// Dropped when shutdown begins: providers selecting on the other end
+    /// wake at once.
+    pub(crate) stop_signal: Option<Sender<()>>,
     pub(crate) draining: Arc<AtomicBool>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) channel_bound: usize,
@@ -609,6 +612,7 @@ impl Loop {
             deadline: Instant::now() + self.m.shutdown_timeout,
         };
         self.m.stopping.store(true, Ordering::Release);
+        self.m.stop_signal = None;
         self.m.draining.store(true, Ordering::Release);
         self.m.hooks.on_stopping();
         while let Some(t) = self.timers.pop() {

@@ -185,12 +185,15 @@ impl Service {
             }
         }
         let stores = Arc::new(stores);
+        // Dropped by the manager when shutdown begins, waking providers.
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let mut contexts = Vec::new();
         for (i, p) in providers.iter_mut().enumerate() {
             let ctx = ProviderContext {
                 index: i,
                 sink: del_tx.clone(),
                 stopping: stopping.clone(),
+                stop_signal: stop_rx.clone(),
                 health: healths[i].clone(),
                 types: types.clone(),
                 stores: stores.clone(),
@@ -248,6 +251,7 @@ impl Service {
             failures: fail_tx,
             reader: reader.clone(),
             stopping: stopping.clone(),
+            stop_signal: Some(stop_tx),
             draining,
             shutdown_timeout: m.shutdown_timeout,
             channel_bound: m.channel_bound,

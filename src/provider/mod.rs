@@ -247,6 +247,7 @@ pub struct ProviderContext {
     pub(crate) index: usize,
     pub(crate) sink: Sender<Delivery>,
     pub(crate) stopping: Arc<AtomicBool>,
+    pub(crate) stop_signal: crossbeam_channel::Receiver<()>,
     pub(crate) health: Arc<Health>,
     pub(crate) types: Arc<HashSet<String>>,
     pub(crate) stores: Arc<HashMap<String, Arc<dyn JobStore>>>,
@@ -269,6 +270,13 @@ impl ProviderContext {
     /// True once shutdown began: stop fetching and return from `run`.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// A channel that disconnects when shutdown begins: `select!` on it
+    /// beside your own channels to notice the stop at once instead of at
+    /// the next timeout. It never carries a message.
+    pub fn stop_signal(&self) -> &crossbeam_channel::Receiver<()> {
+        &self.stop_signal
     }
 
     /// Sends a delivery, blocking while the pipeline is full.

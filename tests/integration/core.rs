@@ -552,3 +552,42 @@ fn run_at_is_honoured_and_a_burst_of_due_jobs_all_run() {
     }
     stop(svc);
 }
+
+/// A provider that blocks on nothing but the stop signal.
+struct WaitsForStop;
+
+impl goworker::Provider for WaitsForStop {
+    fn run(&mut self, ctx: &goworker::ProviderContext) -> Result<(), goworker::Error> {
+        ctx.set_up();
+        // No timeout and no flag polling: only the disconnect can end this.
+        let _ = ctx.stop_signal().recv();
+        Ok(())
+    }
+}
+
+#[test]
+fn the_stop_signal_wakes_a_provider_blocked_on_it() {
+    let svc = Service::builder(
+        Config::parse(
+            "manager: { stats_listen: null }\nworkers:\n  - type: noop\n",
+            &Registry::with_builtins(),
+        )
+        .unwrap(),
+    )
+    .provider("waits", WaitsForStop)
+    .build()
+    .unwrap()
+    .start()
+    .unwrap();
+    assert!(wait_until(PATIENCE, || svc.health()[0].is_up()));
+    svc.shutdown();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        svc.wait();
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(PATIENCE).is_ok(),
+        "the provider never saw the stop signal"
+    );
+}

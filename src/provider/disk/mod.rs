@@ -20,7 +20,7 @@ mod writer;
 use super::{Acker, Delivery, JobStore, Provider, ProviderAdmin, ProviderContext, ProviderType};
 use crate::error::Error;
 use crate::job::{FailureRecord, Job, Report};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use db::{Change, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -176,7 +176,7 @@ impl DiskProvider {
 
     /// Waits until `next_due`, a wake-up, or at most half a second (to
     /// notice shutdown).
-    fn sleep(&self, next_due: Option<u64>) {
+    fn sleep(&self, ctx: &ProviderContext, next_due: Option<u64>) {
         let cap = Duration::from_millis(500);
         let wait = next_due.map_or(cap, |d| {
             Duration::from_micros(d.saturating_sub(db::now_micros())).min(cap)
@@ -184,8 +184,11 @@ impl DiskProvider {
         if wait.is_zero() {
             return;
         }
-        match self.wake.recv_timeout(wait) {
-            Ok(()) | Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        // A put, shutdown, or the next due time, whichever comes first.
+        crossbeam_channel::select! {
+            recv(self.wake) -> _ => {},
+            recv(ctx.stop_signal()) -> _ => {},
+            default(wait) => {},
         }
     }
 }
@@ -237,7 +240,7 @@ impl Provider for DiskProvider {
                 Ok(f) => {
                     ctx.set_up();
                     if f.jobs.is_empty() {
-                        self.sleep(f.next_due);
+                        self.sleep(ctx, f.next_due);
                     } else {
                         self.deliver(ctx, f.jobs);
                     }
@@ -246,7 +249,7 @@ impl Provider for DiskProvider {
                     if ctx.set_down(&e) {
                         log::error!("provider {}: fetch failed: {e}", self.shared.name);
                     }
-                    self.sleep(None);
+                    self.sleep(ctx, None);
                 }
             }
         }
