@@ -68,42 +68,11 @@ impl Goworker {
     }
 
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Goworker {
-        let cfg = dir.join("config.yaml");
-        std::fs::write(&cfg, config).expect("write config");
-        let log = dir.join(format!(
-            "goworker-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(goworker_bin())
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .current_dir(dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
-            )
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn goworker");
-        let g = Goworker {
-            child,
-            dir: dir.to_path_buf(),
-            log,
-        };
-        assert!(
-            wait_until(PATIENCE, || g.log_text().contains("goworker started")
-                || g.exited()),
-            "goworker did not start:\n{}",
-            g.log_text()
-        );
-        g
+        let vars: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Goworker::start_with_log_env(dir, config, move |_| vars)
     }
 
     pub fn pid(&self) -> i32 {
@@ -255,7 +224,14 @@ impl Goworker {
     ) -> Goworker {
         let cfg = dir.join("config.yaml");
         std::fs::write(&cfg, config).expect("write config");
-        let log = dir.join("goworker-log-env.log");
+        // A new log per start, so a restarted process's log stands apart.
+        let log = dir.join(format!(
+            "goworker-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let out = std::fs::File::create(&log).expect("log file");
         let vars = env(&out);
         let child = Command::new(goworker_bin())
