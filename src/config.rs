@@ -210,6 +210,12 @@ impl std::fmt::Debug for ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// The configured rate limit (jobs per second, 0 = unlimited), when the
+    /// type has one.
+    pub fn rate_limit(&self) -> Option<f64> {
+        self.provider.rate_limit()
+    }
+
     /// Offline administration (`enqueue`, `dead`), when the type offers it.
     pub fn admin(&mut self) -> Option<&mut dyn crate::provider::ProviderAdmin> {
         self.provider.admin()

@@ -3,13 +3,14 @@
 
 use clap::{Parser, Subcommand};
 use goworker::{
-    Config, Error, Notify, ProviderAdmin, Registry, Service, ShutdownHandle, StatsReader,
+    Config, Error, Health, Notify, ProviderAdmin, Registry, Service, ShutdownHandle, StatsReader,
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 /// Plugin-based work manager: providers bring jobs in, pools of OS-thread
 /// workers run them.
@@ -382,6 +383,11 @@ fn serve(config: Config, path: Option<PathBuf>, registry: Registry) -> Result<()
         code: 1,
         message: format!("cannot install signal handlers: {e}"),
     })?;
+    let rates: Vec<(String, Option<f64>)> = config
+        .providers
+        .iter()
+        .map(|p| (p.name.clone(), p.rate_limit()))
+        .collect();
     let service = Service::builder(config).hooks(Notify::from_env()).build()?;
     // A provider that cannot open its source (corrupt database, port in
     // use) is a start-up failure, like a bad config: exit 2.
@@ -394,6 +400,17 @@ fn serve(config: Config, path: Option<PathBuf>, registry: Registry) -> Result<()
         registry,
         stats: running.stats(),
         handle: running.shutdown_handle(),
+        providers: running
+            .health()
+            .into_iter()
+            .map(|h| {
+                let rate = rates
+                    .iter()
+                    .find(|(n, _)| n == h.name())
+                    .and_then(|(_, r)| *r);
+                (h, Mutex::new(rate))
+            })
+            .collect(),
     };
     std::thread::Builder::new()
         .name("goworker-signals".into())
@@ -443,6 +460,9 @@ struct Reload {
     registry: Registry,
     stats: StatsReader,
     handle: ShutdownHandle,
+    /// Running providers by name, with the rate limit each started with
+    /// or was last given.
+    providers: Vec<(Arc<Health>, Mutex<Option<f64>>)>,
 }
 
 impl Reload {
@@ -484,6 +504,21 @@ impl Reload {
                 log::warn!(
                     "reload: pool {name} is no longer configured; it keeps running until a restart"
                 );
+            }
+        }
+        for p in &config.providers {
+            let Some(rate) = p.rate_limit() else { continue };
+            let Some((health, applied)) = self.providers.iter().find(|(h, _)| h.name() == p.name)
+            else {
+                continue;
+            };
+            let Ok(mut applied) = applied.lock() else {
+                continue;
+            };
+            if *applied != Some(rate) {
+                log::info!("reload: provider {}: rate_limit {rate} job(s)/s", p.name);
+                health.set_rate_limit(rate);
+                *applied = Some(rate);
             }
         }
     }

@@ -20,7 +20,7 @@ use crate::job::{FailureRecord, Job, Malformed, Report};
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -55,6 +55,14 @@ pub trait Provider: Send + 'static {
     /// A durable store other providers may put jobs into (`store:` of the
     /// HTTP provider). Called once, before `run`.
     fn store(&self) -> Option<Arc<dyn JobStore>> {
+        None
+    }
+
+    /// The configured rate limit in jobs per second (0 = unlimited), for
+    /// providers that have one. On SIGHUP the binary reads it from the
+    /// re-read config and hands a changed value to the running provider
+    /// through [`ProviderContext::rate_limit`].
+    fn rate_limit(&self) -> Option<f64> {
         None
     }
 
@@ -199,7 +207,12 @@ pub struct Health {
     reason: Mutex<String>,
     /// Jobs waiting at the source; -1 while unknown.
     depth: AtomicI64,
+    /// A rate limit set on reload (f64 bits); `NO_RATE` while none.
+    rate: AtomicU64,
 }
+
+/// `Health::rate` while no rate limit was set on reload.
+const NO_RATE: u64 = u64::MAX;
 
 impl Health {
     pub(crate) fn new(name: &str) -> Health {
@@ -208,6 +221,7 @@ impl Health {
             up: AtomicBool::new(false),
             reason: Mutex::new("starting".into()),
             depth: AtomicI64::new(-1),
+            rate: AtomicU64::new(NO_RATE),
         }
     }
 
@@ -225,6 +239,20 @@ impl Health {
     /// provider reports it.
     pub fn queue_depth(&self) -> Option<u64> {
         u64::try_from(self.depth.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Sets a new rate limit (jobs per second, 0 = unlimited) for a
+    /// running provider that has one (SIGHUP).
+    pub fn set_rate_limit(&self, jobs_per_sec: f64) {
+        self.rate.store(jobs_per_sec.to_bits(), Ordering::Release);
+    }
+
+    /// The rate limit set by [`Health::set_rate_limit`], if any.
+    pub fn rate_limit(&self) -> Option<f64> {
+        match self.rate.load(Ordering::Acquire) {
+            NO_RATE => None,
+            bits => Some(f64::from_bits(bits)),
+        }
     }
 
     /// Why it is down ("" when up).
@@ -339,6 +367,12 @@ impl ProviderContext {
     pub fn set_queue_depth(&self, jobs: u64) {
         let jobs = i64::try_from(jobs).unwrap_or(i64::MAX);
         self.health.depth.store(jobs, Ordering::Relaxed);
+    }
+
+    /// A rate limit (jobs per second, 0 = unlimited) set since start by a
+    /// reload; a provider with a rate limit applies it when it changes.
+    pub fn rate_limit(&self) -> Option<f64> {
+        self.health.rate_limit()
     }
 
     /// Whether a job `type` has a worker pool.

@@ -741,3 +741,45 @@ fn stats_report_the_queue_depth_pending_and_delayed() {
     service.shutdown();
     service.wait();
 }
+
+#[test]
+fn sighup_applies_a_changed_rate_limit() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    for i in 0..60 {
+        redis.q(&[
+            "LPUSH",
+            "job_list",
+            &record_job(&rec, &format!("r{i}"), &out),
+        ]);
+    }
+    // At half a job per second the 60 jobs would need two minutes.
+    let g = Goworker::start(
+        dir.path(),
+        &config(&redis, "    rate_limit: 0.5\n", &[&rec], 4),
+    );
+    assert!(wait_until(PATIENCE, || !ids(&out).is_empty()));
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        config(&redis, "    rate_limit: 0\n", &[&rec], 4),
+    )
+    .unwrap();
+    g.signal(libc::SIGHUP);
+    // Well before two minutes: the new, unlimited rate applies.
+    assert!(
+        wait_until(PATIENCE, || ids(&out).len() >= 60),
+        "{}",
+        g.log_text()
+    );
+    let log = g.log_text();
+    assert!(
+        log.contains("reload: provider main: rate_limit 0 job(s)/s"),
+        "{log}"
+    );
+    assert!(
+        log.contains("provider main: rate_limit now 0 job(s)/s"),
+        "{log}"
+    );
+}

@@ -214,6 +214,16 @@ impl Fetcher {
     /// How many jobs to take now: room in the channel, the batch size and
     /// the rate limit. 0 after waiting for the rate limit.
     fn want(&mut self, ctx: &ProviderContext) -> usize {
+        if let Some(rate) = ctx.rate_limit() {
+            let current = self.limiter.as_ref().map_or(0.0, |l| l.rate);
+            if rate != current {
+                log::info!(
+                    "provider {}: rate_limit now {rate} job(s)/s (0 = unlimited)",
+                    ctx.name()
+                );
+                self.limiter = (rate > 0.0).then(|| RateLimiter::new(rate, Instant::now()));
+            }
+        }
         let (queued, capacity) = ctx.fill();
         let room = if capacity == 0 {
             self.s.fetch_batch

@@ -106,6 +106,10 @@ impl Provider for RedisProvider {
         }
     }
 
+    fn rate_limit(&self) -> Option<f64> {
+        Some(self.settings.rate_limit)
+    }
+
     fn admin(&mut self) -> Option<&mut dyn ProviderAdmin> {
         Some(self)
     }
