@@ -86,21 +86,32 @@ fn count_job(n: u64) -> Job {
     Job::new("count", json!({ "n": n }))
 }
 
-#[test]
-fn a_hundred_thousand_stored_jobs_each_run_exactly_once() {
-    const N: u64 = 100_000;
-    let dir = temp_dir();
-    let key = "hundred-thousand";
-    let provider = disk(&dir.path().join("queue.redb"));
+/// An in-process service: the disk queue `local` in `dir` and a counting
+/// pool of `threads` tallying under `key`; with the queue's `JobStore`.
+fn counting_service(
+    dir: &Path,
+    key: &str,
+    threads: usize,
+) -> (goworker::RunningService, Arc<dyn goworker::JobStore>) {
+    let provider = disk(&dir.join("queue.redb"));
     let store = provider.store().unwrap();
     let service = Service::builder(Config::empty())
         .provider("local", provider)
-        .pool::<Count>("count", 2, CountOptions { key: key.into() })
+        .pool::<Count>("count", threads, CountOptions { key: key.into() })
         .unwrap()
         .build()
         .unwrap()
         .start()
         .unwrap();
+    (service, store)
+}
+
+#[test]
+fn a_hundred_thousand_stored_jobs_each_run_exactly_once() {
+    const N: u64 = 100_000;
+    let dir = temp_dir();
+    let key = "hundred-thousand";
+    let (service, store) = counting_service(dir.path(), key, 2);
     // Four submitters at once, 1,000 jobs a put: their commits are shared.
     std::thread::scope(|s| {
         for t in 0..4u64 {
@@ -136,16 +147,7 @@ fn a_hundred_thousand_stored_jobs_each_run_exactly_once() {
 fn run_at_is_honoured_in_process() {
     let dir = temp_dir();
     let key = "run-at";
-    let provider = disk(&dir.path().join("queue.redb"));
-    let store = provider.store().unwrap();
-    let service = Service::builder(Config::empty())
-        .provider("local", provider)
-        .pool::<Count>("count", 1, CountOptions { key: key.into() })
-        .unwrap()
-        .build()
-        .unwrap()
-        .start()
-        .unwrap();
+    let (service, store) = counting_service(dir.path(), key, 1);
     let run_at = goworker::unix_now() + 1.5;
     let mut later = count_job(1);
     later.run_at = Some(run_at);
@@ -163,22 +165,7 @@ fn run_at_is_honoured_in_process() {
 #[test]
 fn stats_report_the_queue_depth() {
     let dir = temp_dir();
-    let provider = disk(&dir.path().join("queue.redb"));
-    let store = provider.store().unwrap();
-    let service = Service::builder(Config::empty())
-        .provider("local", provider)
-        .pool::<Count>(
-            "count",
-            1,
-            CountOptions {
-                key: "depth".into(),
-            },
-        )
-        .unwrap()
-        .build()
-        .unwrap()
-        .start()
-        .unwrap();
+    let (service, store) = counting_service(dir.path(), "depth", 1);
     let jobs: Vec<Job> = (0..7)
         .map(|n| {
             let mut j = count_job(n);
@@ -202,22 +189,7 @@ fn stats_report_the_queue_depth() {
 #[test]
 fn a_store_refuses_jobs_once_the_service_stopped() {
     let dir = temp_dir();
-    let provider = disk(&dir.path().join("queue.redb"));
-    let store = provider.store().unwrap();
-    let service = Service::builder(Config::empty())
-        .provider("local", provider)
-        .pool::<Count>(
-            "count",
-            1,
-            CountOptions {
-                key: "stopped".into(),
-            },
-        )
-        .unwrap()
-        .build()
-        .unwrap()
-        .start()
-        .unwrap();
+    let (service, store) = counting_service(dir.path(), "stopped", 1);
     service.shutdown();
     service.wait();
     assert!(store.put(&[count_job(1)]).is_err());
