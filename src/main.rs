@@ -187,13 +187,24 @@ fn run(args: Args) -> Result<(), Failure> {
             action,
         } => {
             let mut c = load(Some(&config), &registry)?;
-            let admin = admin(&mut c, provider.as_deref())?;
+            // Without --provider, the only provider that keeps dead letters.
+            let admin = pick_admin(&mut c, provider.as_deref(), |a| a.keeps_dead_letters())?;
             dead(admin, action)
         }
     }
 }
 
 fn admin<'a>(c: &'a mut Config, name: Option<&str>) -> Result<&'a mut dyn ProviderAdmin, Failure> {
+    pick_admin(c, name, |_| true)
+}
+
+/// The admin of the provider named `name`, or else of the only provider
+/// whose admin passes `fits`.
+fn pick_admin<'a>(
+    c: &'a mut Config,
+    name: Option<&str>,
+    fits: impl Fn(&mut dyn ProviderAdmin) -> bool,
+) -> Result<&'a mut dyn ProviderAdmin, Failure> {
     let usage = |m: String| Failure {
         code: 2,
         message: m,
@@ -206,7 +217,7 @@ fn admin<'a>(c: &'a mut Config, name: Option<&str>) -> Result<&'a mut dyn Provid
             .ok_or_else(|| usage(format!("no provider named {n:?}")))?,
         None => {
             let capable: Vec<usize> = (0..c.providers.len())
-                .filter(|i| c.providers[*i].admin().is_some())
+                .filter(|i| c.providers[*i].admin().is_some_and(|a| fits(a)))
                 .collect();
             match capable.as_slice() {
                 [one] => *one,

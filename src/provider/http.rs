@@ -650,6 +650,10 @@ impl Acker for LogAcker {
 }
 
 impl ProviderAdmin for HttpProvider {
+    fn keeps_dead_letters(&self) -> bool {
+        false
+    }
+
     /// Submits to the running service with `?wait=false`.
     fn enqueue(&mut self, payload: &[u8]) -> Result<String, Error> {
         let fail = |m: String| Error::provider(&self.name, m);

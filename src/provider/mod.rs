@@ -108,6 +108,12 @@ pub trait ProviderAdmin {
     /// # Errors
     /// When the payload is not a job or the source cannot be reached.
     fn enqueue(&mut self, payload: &[u8]) -> Result<String, Error>;
+    /// Whether this provider keeps dead letters (the `dead` commands pick
+    /// such a provider when none is named). Default: true.
+    fn keeps_dead_letters(&self) -> bool {
+        true
+    }
+
     /// Dead-letter records, newest first.
     ///
     /// # Errors

@@ -525,6 +525,20 @@ fn http_config(allow: &[&Path]) -> (String, String) {
     (cfg, format!("http://127.0.0.1:{port}/jobs?wait=false"))
 }
 
+#[test]
+fn dead_commands_pick_the_disk_queue_beside_an_http_provider() {
+    let dir = temp_dir();
+    let (cfg, _) = http_config(&[]);
+    write_config(dir.path(), &cfg);
+    // The http provider offers `enqueue` but keeps no dead letters: without
+    // --provider the dead commands go to the disk queue.
+    let (code, out, err) = goworker(&["dead", "-c", "config.yaml", "list"], dir.path());
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    let (code, out, err) = goworker(&["dead", "-c", "config.yaml", "purge"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("purged 0 dead letter(s)"), "{out}");
+}
+
 /// A script that records its run like `recorder`, then waits until the
 /// file `go` exists.
 fn blocker(dir: &Path) -> std::path::PathBuf {
