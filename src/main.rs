@@ -217,7 +217,7 @@ fn pick_admin<'a>(
             .ok_or_else(|| usage(format!("no provider named {n:?}")))?,
         None => {
             let capable: Vec<usize> = (0..c.providers.len())
-                .filter(|i| c.providers[*i].admin().is_some_and(|a| fits(a)))
+                .filter(|i| c.providers[*i].admin().is_some_and(&fits))
                 .collect();
             match capable.as_slice() {
                 [one] => *one,
