@@ -235,15 +235,6 @@ fn write_config(dir: &Path, yaml: &str) {
     std::fs::write(dir.join("config.yaml"), yaml).unwrap();
 }
 
-/// Lines of a file (none when missing).
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// A script that appends "<its first argument> <unix time>" to `runs.log`,
 /// then sleeps for its second argument (seconds; default 0).
 fn recorder(dir: &Path) -> std::path::PathBuf {
@@ -479,14 +470,6 @@ fn dead_letters_are_listed_retried_and_purged_and_the_running_service_is_named()
 }
 
 // ---- through the http provider (`store: local`) ----
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(PATIENCE * 2))
-        .build()
-        .into()
-}
 
 /// POSTs `body` to `url`: (status, JSON body or Null).
 fn post(url: &str, body: &str) -> (u16, serde_json::Value) {

@@ -2,22 +2,13 @@
 //! HTTP client (ureq), against real `goworker` processes and, where that is
 //! simpler, an in-process `Service`.
 
-use crate::util::{Goworker, PATIENCE, free_port, goworker, script, temp_dir, wait_until};
+use crate::util::{Goworker, PATIENCE, agent, free_port, goworker, script, temp_dir, wait_until};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// A client that returns every status as a response (no error for 4xx/5xx).
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(PATIENCE * 2))
-        .build()
-        .into()
-}
 
 /// An HTTP answer: status, headers we look at, JSON body (or text).
 #[derive(Debug)]
@@ -785,17 +776,20 @@ fn enqueue_command_submits_to_the_running_service_with_the_token() {
     let cfg = s.g.dir.join("config.yaml");
     let job = dir.path().join("job.json");
     std::fs::write(&job, r#"{"type":"noop","name":"from-cli"}"#).unwrap();
-    let (code, stdout, stderr) = goworker(
-        &[
-            "enqueue",
-            "-c",
-            cfg.to_str().unwrap(),
-            "--provider",
-            "api",
-            job.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let enqueue = || {
+        goworker(
+            &[
+                "enqueue",
+                "-c",
+                cfg.to_str().unwrap(),
+                "--provider",
+                "api",
+                job.to_str().unwrap(),
+            ],
+            dir.path(),
+        )
+    };
+    let (code, stdout, stderr) = enqueue();
     assert_eq!(code, 0, "{stderr}");
     let id = stdout.trim();
     assert_eq!(id.len(), 26, "{stdout}");
@@ -805,17 +799,7 @@ fn enqueue_command_submits_to_the_running_service_with_the_token() {
 
     // A job the service refuses: the command says why.
     std::fs::write(&job, r#"{"type":"nosuchpool"}"#).unwrap();
-    let (code, _, stderr) = goworker(
-        &[
-            "enqueue",
-            "-c",
-            cfg.to_str().unwrap(),
-            "--provider",
-            "api",
-            job.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let (code, _, stderr) = enqueue();
     assert_ne!(code, 0);
     assert!(stderr.contains("422"), "{stderr}");
 }

@@ -278,14 +278,6 @@ workers:
     )
 }
 
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn sighup_changes_worker_counts_while_jobs_run_and_loses_none() {
     const JOBS: usize = 12;

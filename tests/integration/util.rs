@@ -549,3 +549,22 @@ impl Drop for HttpServer {
         }
     }
 }
+
+/// Lines of a file (none when missing).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// An HTTP client that returns every status as a response (no error for
+/// 4xx/5xx), with a deadline so a test never hangs.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(PATIENCE * 2))
+        .build()
+        .into()
+}
