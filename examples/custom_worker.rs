@@ -2,15 +2,20 @@
 //! GoWorker plugins work.
 //!
 //! `shout` upper-cases `params.text` and adds the pool's `suffix`. Register
-//! it next to the built-ins, name it in the YAML config, and submit jobs.
+//! it next to the built-ins and hand the registry to `goworker::app::main`:
+//! the binary is the whole `goworker` program, with `shout` in
+//! `goworker options` and usable in any config.
 //!
-//! Run: `cargo run --example custom_worker`
+//! Run: `cargo run --example custom_worker -- run -c examples/shout.yaml`,
+//! then in another shell:
+//!
+//! ```sh
+//! curl -s -d '{"type":"shout","params":{"text":"hello"},"capture_output":true}' \
+//!      http://127.0.0.1:8081/job/add
+//! ```
 
-use goworker::{
-    Config, Job, JobContext, MemoryProvider, Outcome, PoolInfo, Registry, Service, Settled, Worker,
-    WorkerType,
-};
-use std::time::Duration;
+use goworker::{Job, JobContext, Outcome, PoolInfo, Registry, Worker, WorkerType};
+use std::process::ExitCode;
 
 /// Options of the `shout` worker, as written in YAML beside `type` and `count`.
 #[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
@@ -63,27 +68,11 @@ impl Worker for ShoutWorker {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// The whole program: the built-in types, `shout`, and the stock CLI
+/// (`run`, `check`, `options`, `enqueue`, `dead`, signals, sd_notify, exit
+/// codes) from `goworker::app::main`.
+fn main() -> ExitCode {
     let mut registry = Registry::with_builtins();
     registry.register_worker::<Shout>();
-
-    let yaml = "manager: { stats_listen: null }\nworkers:\n  - type: shout\n    count: 2\n    suffix: \"!\"\n";
-    let config = Config::parse(yaml, &registry)?;
-
-    let (provider, jobs) = MemoryProvider::new();
-    let service = Service::builder(config)
-        .provider("example", provider)
-        .build()?
-        .start()?;
-
-    let mut job = Job::new("shout", serde_json::json!({"text": "hello, goworker"}));
-    job.capture_output = true;
-    jobs.submit(job)?;
-    match jobs.settled().recv_timeout(Duration::from_secs(30))? {
-        Settled::Succeeded(report) => println!("succeeded: {}", report.output.unwrap_or_default()),
-        other => println!("did not succeed: {other:?}"),
-    }
-    service.shutdown();
-    service.wait();
-    Ok(())
+    goworker::app::main(registry)
 }

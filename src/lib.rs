@@ -34,10 +34,12 @@
 //!
 //! Implement [`WorkerType`] (validated options, shared by a pool) and
 //! [`Worker`] (one per thread), register the type, and build your own
-//! binary; see `examples/custom_worker.rs`.
+//! binary that hands the registry to [`app::main`], so it behaves exactly
+//! like the stock `goworker` program; see `examples/custom_worker.rs`.
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+pub mod app;
 mod backoff;
 mod config;
 mod error;

@@ -512,6 +512,8 @@ fn options_lists_every_registered_type_from_the_registry() {
 
 #[test]
 fn the_custom_worker_example_runs_a_job_through_a_user_registered_worker() {
+    // The example is a whole goworker program built with `app::main` and
+    // one registered type: it serves a config that uses that type.
     let exe = goworker_bin()
         .parent()
         .unwrap()
@@ -522,14 +524,32 @@ fn the_custom_worker_example_runs_a_job_through_a_user_registered_worker() {
         "cargo test builds examples: {}",
         exe.display()
     );
-    let out = std::process::Command::new(&exe).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let dir = temp_dir();
+    let port = free_port();
+    let config = format!(
+        "manager: {{ stats_listen: null }}\nproviders:\n  - type: http\n    listen: 127.0.0.1:{port}\nworkers:\n  - type: shout\n    count: 2\n    suffix: \"!\"\n"
     );
-    assert!(stdout.contains("succeeded: HELLO, GOWORKER!"), "{stdout}");
+    let mut g = Goworker::start_program(&exe, dir.path(), &config, |_| Vec::new());
+    let text = agent()
+        .post(&format!("http://127.0.0.1:{port}/job/add"))
+        .send(r#"{"type":"shout","params":{"text":"hello, goworker"},"capture_output":true}"#)
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["status"], "succeeded", "{body}\n{}", g.log_text());
+    assert_eq!(body["output"], "HELLO, GOWORKER!", "{body}");
+    // The rest of the program is the stock one: its options list the
+    // plugin, and SIGTERM is a clean shutdown.
+    let out = std::process::Command::new(&exe)
+        .arg("options")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("worker type: shout"));
+    g.sigterm();
+    let status = g.wait_exit(PATIENCE).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", g.log_text());
 }
 
 #[test]

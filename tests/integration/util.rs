@@ -222,6 +222,17 @@ impl Goworker {
         config: &str,
         env: impl FnOnce(&std::fs::File) -> Vec<(String, String)>,
     ) -> Goworker {
+        Goworker::start_program(&goworker_bin(), dir, config, env)
+    }
+
+    /// Like `start_with_log_env`, for another binary built on
+    /// `goworker::app::main` (e.g. an example with its own plugins).
+    pub fn start_program(
+        exe: &Path,
+        dir: &Path,
+        config: &str,
+        env: impl FnOnce(&std::fs::File) -> Vec<(String, String)>,
+    ) -> Goworker {
         let cfg = dir.join("config.yaml");
         std::fs::write(&cfg, config).expect("write config");
         // A new log per start, so a restarted process's log stands apart.
@@ -234,7 +245,7 @@ impl Goworker {
         ));
         let out = std::fs::File::create(&log).expect("log file");
         let vars = env(&out);
-        let child = Command::new(goworker_bin())
+        let child = Command::new(exe)
             .args(["run", "-c"])
             .arg(&cfg)
             .current_dir(dir)

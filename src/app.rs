@@ -1,0 +1,578 @@
+//! The `goworker` program as a library call: [`main`] runs every
+//! subcommand (`run`, `check`, `options`, `enqueue`, `dead`) with a given
+//! [`Registry`], so a binary that registers its own plugin types behaves
+//! exactly like the stock one.
+
+use crate::{
+    Config, Error, Health, Notify, ProviderAdmin, Registry, Service, ShutdownHandle, StatsReader,
+};
+use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+/// Plugin-based work manager: providers bring jobs in, pools of OS-thread
+/// workers run them.
+#[derive(Parser, Debug)]
+#[command(name = "goworker", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the service (without -c: the embedded default config).
+    Run {
+        /// Config file (YAML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file: exit 0, or 2 with the error.
+    Check {
+        /// Config file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print every provider, worker and failure handler type with its options.
+    Options,
+    /// Submit a job through a configured provider (a file with one job, or
+    /// `-` for one JSON job per line on stdin).
+    Enqueue {
+        /// Config file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Provider name (default: the only provider that takes submissions).
+        #[arg(long)]
+        provider: Option<String>,
+        /// JOB.json, or - for stdin.
+        job: String,
+    },
+    /// Inspect and re-queue dead letters.
+    Dead {
+        /// Config file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Provider name (default: the only provider with dead letters).
+        #[arg(long)]
+        provider: Option<String>,
+        #[command(subcommand)]
+        action: DeadAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadAction {
+    /// Print dead-letter records, newest first, one JSON object a line.
+    List,
+    /// Re-queue one dead letter by job id, or all with --all.
+    Retry {
+        /// The job id.
+        id: Option<String>,
+        /// Re-queue every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete every dead letter.
+    Purge,
+}
+
+/// How the program ends when it fails: the exit code and one line for stderr.
+struct Exit {
+    code: u8,
+    message: String,
+}
+
+impl From<Error> for Exit {
+    fn from(e: Error) -> Exit {
+        let code = match e {
+            Error::Config(_) => 2,
+            _ => 1,
+        };
+        Exit {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Runs the `goworker` program — every subcommand, logging, signals,
+/// sd_notify and exit codes — with the plugin types in `registry`.
+///
+/// The stock binary calls it with [`Registry::with_builtins`]; a binary
+/// with plugins of its own registers them first and gets the same program:
+///
+/// ```no_run
+/// use goworker::Registry;
+///
+/// fn main() -> std::process::ExitCode {
+///     let registry = Registry::with_builtins();
+///     // registry.register_worker::<MyWorker>();
+///     goworker::app::main(registry)
+/// }
+/// ```
+///
+/// Exit codes: 0 after a clean shutdown or a successful command, 2 for a
+/// bad config, bad usage or a provider that cannot open its source, 1 for
+/// anything else. Errors are printed to stderr as one line.
+pub fn main(registry: Registry) -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    match run(args, registry) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("goworker: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging() {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if stderr_is_journal() {
+        // journald adds the time and reads the level from the `<N>` prefix
+        // (syslog priorities), so `journalctl -p warning` works.
+        b.format(|buf, r| {
+            let level = match r.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{level}>{}: {}", r.target(), r.args())
+        });
+    }
+    b.init();
+}
+
+/// Whether stderr is the journal stream systemd connected: `JOURNAL_STREAM`
+/// (`DEVICE:INODE`) names stderr itself, not a stream a parent had (as
+/// `systemd.exec(5)` advises checking).
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some(meta) = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| std::fs::File::from(fd).metadata().ok())
+    else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
+}
+
+fn run(args: Args, registry: Registry) -> Result<(), Exit> {
+    match args.command {
+        Command::Run { config } => {
+            let c = load(config.as_deref(), &registry)?;
+            serve(c, config, registry)
+        }
+        Command::Check { config } => {
+            let c = load(Some(&config), &registry)?;
+            println!(
+                "{}: OK ({} provider(s), {} pool(s), {} failure handler(s))",
+                config.display(),
+                c.providers.len(),
+                c.pools.len(),
+                c.failure_handlers.len()
+            );
+            Ok(())
+        }
+        Command::Options => {
+            print_options(&registry);
+            Ok(())
+        }
+        Command::Enqueue {
+            config,
+            provider,
+            job,
+        } => {
+            let mut c = load(Some(&config), &registry)?;
+            let payloads = read_jobs(&job)?;
+            match front_of_disk(&config, provider.as_deref()) {
+                Some((http, disk)) => enqueue_via(&mut c, &http, &disk, &payloads),
+                None => enqueue(admin(&mut c, provider.as_deref())?, &payloads),
+            }
+        }
+        Command::Dead {
+            config,
+            provider,
+            action,
+        } => {
+            let mut c = load(Some(&config), &registry)?;
+            // Without --provider, the only provider that keeps dead letters.
+            let admin = pick_admin(&mut c, provider.as_deref(), |a| a.keeps_dead_letters())?;
+            dead(admin, action)
+        }
+    }
+}
+
+fn admin<'a>(c: &'a mut Config, name: Option<&str>) -> Result<&'a mut dyn ProviderAdmin, Exit> {
+    pick_admin(c, name, |_| true)
+}
+
+/// The admin of the provider named `name`, or else of the only provider
+/// whose admin passes `fits`.
+fn pick_admin<'a>(
+    c: &'a mut Config,
+    name: Option<&str>,
+    fits: impl Fn(&mut dyn ProviderAdmin) -> bool,
+) -> Result<&'a mut dyn ProviderAdmin, Exit> {
+    let usage = |m: String| Exit {
+        code: 2,
+        message: m,
+    };
+    let index = match name {
+        Some(n) => c
+            .providers
+            .iter()
+            .position(|p| p.name == n)
+            .ok_or_else(|| usage(format!("no provider named {n:?}")))?,
+        None => {
+            let capable: Vec<usize> = (0..c.providers.len())
+                .filter(|i| c.providers[*i].admin().is_some_and(&fits))
+                .collect();
+            match capable.as_slice() {
+                [one] => *one,
+                [] => return Err(usage("no provider in this config supports it".into())),
+                _ => {
+                    return Err(usage(
+                        "several providers could; name one with --provider".into(),
+                    ));
+                }
+            }
+        }
+    };
+    let p = &mut c.providers[index];
+    let (pname, kind) = (p.name.clone(), p.kind.clone());
+    p.admin().ok_or_else(|| {
+        usage(format!(
+            "provider {pname:?} (type {kind}) does not support it"
+        ))
+    })
+}
+
+/// The payloads of `job` (a file, or `-`: one job per stdin line), each
+/// checked to be a job: what would only be dead-lettered is refused before
+/// it is stored.
+fn read_jobs(job: &str) -> Result<Vec<Vec<u8>>, Exit> {
+    let payloads: Vec<Vec<u8>> = if job == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| Exit {
+            code: 1,
+            message: format!("stdin: {e}"),
+        })?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.as_bytes().to_vec())
+            .collect()
+    } else {
+        vec![std::fs::read(job).map_err(|e| Exit {
+            code: 1,
+            message: format!("{job}: {e}"),
+        })?]
+    };
+    for (n, payload) in payloads.iter().enumerate() {
+        if let Err(m) = crate::Job::parse(payload) {
+            let at = if job == "-" {
+                format!("stdin line {}", n + 1)
+            } else {
+                job.to_string()
+            };
+            return Err(Exit {
+                code: 1,
+                message: format!("{at}: {}", m.reason),
+            });
+        }
+    }
+    Ok(payloads)
+}
+
+fn enqueue(admin: &mut dyn ProviderAdmin, payloads: &[Vec<u8>]) -> Result<(), Exit> {
+    for payload in payloads {
+        let id = admin.enqueue(payload)?;
+        println!("{id}");
+    }
+    Ok(())
+}
+
+/// When the enqueue target is a `disk` queue that an `http` provider of
+/// the same config stores into (`store:`), or no target is named and one
+/// such pair exists: (http name, disk name). redb lets one process open
+/// the file, so jobs reach a running service's queue through its HTTP
+/// endpoint.
+fn front_of_disk(config: &Path, target: Option<&str>) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let raw: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    let field =
+        |p: &serde_yaml::Value, k: &str| p.get(k).and_then(|v| v.as_str()).map(String::from);
+    let providers: Vec<(String, String, Option<String>)> = raw
+        .get("providers")?
+        .as_sequence()?
+        .iter()
+        .filter_map(|p| {
+            let kind = field(p, "type")?;
+            let name = field(p, "name").unwrap_or_else(|| kind.clone());
+            Some((name, kind, field(p, "store")))
+        })
+        .collect();
+    let is_disk = |n: &str| {
+        providers
+            .iter()
+            .any(|(name, kind, _)| name == n && kind == "disk")
+    };
+    let fronts: Vec<(String, String)> = providers
+        .iter()
+        .filter(|(_, kind, store)| kind == "http" && store.as_deref().is_some_and(is_disk))
+        .filter(|(_, _, store)| target.is_none_or(|t| store.as_deref() == Some(t)))
+        .map(|(name, _, store)| (name.clone(), store.clone().unwrap_or_default()))
+        .collect();
+    match fronts.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+/// Posts each job to the running service's `http` provider; when nothing
+/// answers there (the service is stopped), writes straight into the
+/// `disk` queue's file instead.
+fn enqueue_via(c: &mut Config, http: &str, disk: &str, payloads: &[Vec<u8>]) -> Result<(), Exit> {
+    for payload in payloads {
+        let posted = admin(c, Some(http))?.enqueue(payload);
+        let id = match posted {
+            Ok(id) => id,
+            Err(post_error) => match admin(c, Some(disk))?.enqueue(payload) {
+                Ok(id) => id,
+                Err(disk_error) => {
+                    return Err(Exit {
+                        code: 1,
+                        message: format!("{post_error}; and directly: {disk_error}"),
+                    });
+                }
+            },
+        };
+        println!("{id}");
+    }
+    Ok(())
+}
+
+fn dead(admin: &mut dyn ProviderAdmin, action: DeadAction) -> Result<(), Exit> {
+    match action {
+        DeadAction::List => {
+            for r in admin.dead_list()? {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            }
+        }
+        DeadAction::Retry { id, all } => {
+            let n = match (id.as_deref(), all) {
+                (Some(id), false) => admin.dead_retry(Some(id))?,
+                (None, true) => admin.dead_retry(None)?,
+                _ => {
+                    return Err(Exit {
+                        code: 2,
+                        message: "give a job id or --all".into(),
+                    });
+                }
+            };
+            println!("re-queued {n} job(s)");
+        }
+        DeadAction::Purge => println!("purged {} dead letter(s)", admin.dead_purge()?),
+    }
+    Ok(())
+}
+
+fn load(path: Option<&Path>, registry: &Registry) -> Result<Config, Exit> {
+    let c = match path {
+        Some(p) => Config::load(p, registry),
+        None => Config::parse(crate::EXAMPLE_CONFIG, registry).map_err(|mut e| {
+            e.file = Some(PathBuf::from("<embedded config.example.yaml>"));
+            e
+        }),
+    };
+    c.map_err(|e| Exit {
+        code: 2,
+        message: e.to_string(),
+    })
+}
+
+fn serve(config: Config, path: Option<PathBuf>, registry: Registry) -> Result<(), Exit> {
+    // Registered before start-up, so an early signal waits for its thread
+    // instead of killing the process (SIGHUP's default).
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| Exit {
+        code: 1,
+        message: format!("cannot install signal handlers: {e}"),
+    })?;
+    let rates: Vec<(String, Option<f64>)> = config
+        .providers
+        .iter()
+        .map(|p| (p.name.clone(), p.rate_limit()))
+        .collect();
+    let service = Service::builder(config).hooks(Notify::from_env()).build()?;
+    // A provider that cannot open its source (corrupt database, port in
+    // use) is a start-up failure, like a bad config: exit 2.
+    let running = service.start().map_err(|e| Exit {
+        code: 2,
+        message: e.to_string(),
+    })?;
+    let reload = Reload {
+        path,
+        registry,
+        stats: running.stats(),
+        handle: running.shutdown_handle(),
+        providers: running
+            .health()
+            .into_iter()
+            .map(|h| {
+                let rate = rates
+                    .iter()
+                    .find(|(n, _)| n == h.name())
+                    .and_then(|(_, r)| *r);
+                (h, Mutex::new(rate))
+            })
+            .collect(),
+    };
+    std::thread::Builder::new()
+        .name("goworker-signals".into())
+        .spawn(move || on_signals(signals, reload))
+        .map_err(|e| Exit {
+            code: 1,
+            message: format!("cannot spawn the signal thread: {e}"),
+        })?;
+    let report = running.wait();
+    if let Some(p) = report.failed_provider {
+        return Err(Exit {
+            code: 1,
+            message: format!("provider {p} failed; stopped"),
+        });
+    }
+    log::info!("stopped: {} job(s) handed back", report.released);
+    Ok(())
+}
+
+/// SIGINT/SIGTERM: first a graceful shutdown, then exit at once. SIGHUP:
+/// reload.
+fn on_signals(mut signals: Signals, reload: Reload) {
+    let mut stops = 0u32;
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            reload.run();
+            continue;
+        }
+        stops += 1;
+        if stops == 1 {
+            log::info!("signal received: finishing running jobs (send it again to exit at once)");
+            reload.handle.shutdown();
+        } else {
+            log::warn!(
+                "second signal: killing running jobs and exiting; they run again after restart"
+            );
+            reload.handle.kill_running();
+            std::process::exit(1);
+        }
+    }
+}
+
+/// What SIGHUP needs: the config file, the types to validate it with, and
+/// the running pools.
+struct Reload {
+    path: Option<PathBuf>,
+    registry: Registry,
+    stats: StatsReader,
+    handle: ShutdownHandle,
+    /// Running providers by name, with the rate limit each started with
+    /// or was last given.
+    providers: Vec<(Arc<Health>, Mutex<Option<f64>>)>,
+}
+
+impl Reload {
+    /// Re-reads the config and applies its worker counts; a config that
+    /// does not validate is refused and the running one stays. Logs go to
+    /// stderr (the journal under systemd), so there is no file to reopen.
+    fn run(&self) {
+        let _ = std::io::stderr().flush();
+        let Some(path) = &self.path else {
+            log::warn!("SIGHUP: running on the embedded config; nothing to re-read");
+            return;
+        };
+        log::info!("SIGHUP: re-reading {}", path.display());
+        let config = match Config::load(path, &self.registry) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reload refused, the running config stays: {e}");
+                return;
+            }
+        };
+        log::info!(
+            "reload: {} is valid; applying worker counts (other changes need a restart)",
+            path.display()
+        );
+        let running = self.stats.snapshot();
+        for p in &config.pools {
+            if running.types.contains_key(&p.name) {
+                // The manager changes only what differs, and logs it.
+                self.handle.resize(&p.name, p.count);
+            } else {
+                log::warn!(
+                    "reload: pool {} is new; adding a pool needs a restart",
+                    p.name
+                );
+            }
+        }
+        for name in running.types.keys() {
+            if !config.pools.iter().any(|p| &p.name == name) {
+                log::warn!(
+                    "reload: pool {name} is no longer configured; it keeps running until a restart"
+                );
+            }
+        }
+        for p in &config.providers {
+            let Some(rate) = p.rate_limit() else { continue };
+            let Some((health, applied)) = self.providers.iter().find(|(h, _)| h.name() == p.name)
+            else {
+                continue;
+            };
+            let Ok(mut applied) = applied.lock() else {
+                continue;
+            };
+            if *applied != Some(rate) {
+                log::info!("reload: provider {}: rate_limit {rate} job(s)/s", p.name);
+                health.set_rate_limit(rate);
+                *applied = Some(rate);
+            }
+        }
+    }
+}
+
+fn print_options(registry: &Registry) {
+    let mut section = "";
+    for t in registry.describe() {
+        if t.section != section {
+            section = t.section;
+            println!(
+                "# {section}{}\n",
+                if section == "manager" { "" } else { "s" }
+            );
+        }
+        if section == "manager" {
+            println!("manager:\n  {}", t.description);
+        } else {
+            println!("{section} type: {}\n  {}", t.name, t.description);
+        }
+        let key_w = t.options.iter().map(|o| o.key.len()).max().unwrap_or(0);
+        let ty_w = t.options.iter().map(|o| o.ty.len()).max().unwrap_or(0);
+        for o in &t.options {
+            println!(
+                "  {:key_w$}  {:ty_w$}  default: {}  {}",
+                o.key, o.ty, o.default, o.description
+            );
+        }
+        println!();
+    }
+}
