@@ -4,7 +4,7 @@
 //! exactly like the stock one.
 
 use crate::{
-    Config, Error, Health, Notify, ProviderAdmin, Registry, Service, ShutdownHandle, StatsReader,
+    Config, DeadLetters, Error, Health, Notify, Registry, Service, ShutdownHandle, StatsReader,
 };
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -196,10 +196,7 @@ fn run(args: Args, registry: Registry) -> Result<(), Exit> {
         } => {
             let mut c = load(Some(&config), &registry)?;
             let payloads = read_jobs(&job)?;
-            match front_of_disk(&config, provider.as_deref()) {
-                Some((http, disk)) => enqueue_via(&mut c, &http, &disk, &payloads),
-                None => enqueue(admin(&mut c, provider.as_deref())?, &payloads),
-            }
+            enqueue(&mut c, provider.as_deref(), &payloads)
         }
         Command::Dead {
             config,
@@ -208,55 +205,111 @@ fn run(args: Args, registry: Registry) -> Result<(), Exit> {
         } => {
             let mut c = load(Some(&config), &registry)?;
             // Without --provider, the only provider that keeps dead letters.
-            let admin = pick_admin(&mut c, provider.as_deref(), |a| a.keeps_dead_letters())?;
-            dead(admin, action)
+            let i = pick(&mut c, provider.as_deref(), |c, i| {
+                c.providers[i].dead_letters().is_some()
+            })?;
+            let p = &mut c.providers[i];
+            let (name, kind) = (p.name.clone(), p.kind.clone());
+            match p.dead_letters() {
+                Some(d) => dead(d, action),
+                None => Err(unsupported(&name, &kind)),
+            }
         }
     }
 }
 
-fn admin<'a>(c: &'a mut Config, name: Option<&str>) -> Result<&'a mut dyn ProviderAdmin, Exit> {
-    pick_admin(c, name, |_| true)
+fn usage(message: String) -> Exit {
+    Exit { code: 2, message }
 }
 
-/// The admin of the provider named `name`, or else of the only provider
-/// whose admin passes `fits`.
-fn pick_admin<'a>(
-    c: &'a mut Config,
+fn unsupported(name: &str, kind: &str) -> Exit {
+    usage(format!(
+        "provider {name:?} (type {kind}) does not support it"
+    ))
+}
+
+/// The index of the provider named `name`, or else of the only provider
+/// that `fits`.
+fn pick(
+    c: &mut Config,
     name: Option<&str>,
-    fits: impl Fn(&mut dyn ProviderAdmin) -> bool,
-) -> Result<&'a mut dyn ProviderAdmin, Exit> {
-    let usage = |m: String| Exit {
-        code: 2,
-        message: m,
-    };
-    let index = match name {
-        Some(n) => c
+    fits: impl Fn(&mut Config, usize) -> bool,
+) -> Result<usize, Exit> {
+    if let Some(n) = name {
+        return c
             .providers
             .iter()
             .position(|p| p.name == n)
-            .ok_or_else(|| usage(format!("no provider named {n:?}")))?,
-        None => {
-            let capable: Vec<usize> = (0..c.providers.len())
-                .filter(|i| c.providers[*i].admin().is_some_and(&fits))
-                .collect();
-            match capable.as_slice() {
-                [one] => *one,
-                [] => return Err(usage("no provider in this config supports it".into())),
-                _ => {
-                    return Err(usage(
-                        "several providers could; name one with --provider".into(),
-                    ));
+            .ok_or_else(|| usage(format!("no provider named {n:?}")));
+    }
+    let capable: Vec<usize> = (0..c.providers.len()).filter(|i| fits(c, *i)).collect();
+    match capable.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(usage("no provider in this config supports it".into())),
+        _ => Err(usage(
+            "several providers could; name one with --provider".into(),
+        )),
+    }
+}
+
+/// Submits the payloads to the provider named `target` (or the only one
+/// that takes submissions). When another provider of the config puts
+/// what it takes into the target's store (an `http` provider's `store:`),
+/// the jobs go through that one, so they reach a running service; only
+/// when it does not answer are they written to the target directly.
+fn enqueue(c: &mut Config, target: Option<&str>, payloads: &[Vec<u8>]) -> Result<(), Exit> {
+    let fronts = |c: &Config, i: usize| {
+        c.providers[i]
+            .stores_into()
+            .is_some_and(|s| target.is_none_or(|t| t == s || t == c.providers[i].name))
+    };
+    let front: Vec<usize> = (0..c.providers.len()).filter(|i| fronts(c, *i)).collect();
+    let (front, direct) = match front.as_slice() {
+        [f] => {
+            let store = c.providers[*f]
+                .stores_into()
+                .unwrap_or_default()
+                .to_string();
+            let direct = c.providers.iter().position(|p| p.name == store);
+            (Some(*f), direct)
+        }
+        _ => (
+            None,
+            Some(pick(c, target, |c, i| c.providers[i].enqueue().is_some())?),
+        ),
+    };
+    for payload in payloads {
+        let mut first_error = None;
+        let mut id = None;
+        for i in [front, direct].into_iter().flatten() {
+            let p = &mut c.providers[i];
+            let (name, kind) = (p.name.clone(), p.kind.clone());
+            let Some(e) = p.enqueue() else {
+                first_error.get_or_insert(unsupported(&name, &kind).message);
+                continue;
+            };
+            match e.enqueue(payload) {
+                Ok(got) => {
+                    id = Some(got);
+                    break;
                 }
+                Err(err) => match &first_error {
+                    None => first_error = Some(err.to_string()),
+                    Some(before) => first_error = Some(format!("{before}; and directly: {err}")),
+                },
             }
         }
-    };
-    let p = &mut c.providers[index];
-    let (pname, kind) = (p.name.clone(), p.kind.clone());
-    p.admin().ok_or_else(|| {
-        usage(format!(
-            "provider {pname:?} (type {kind}) does not support it"
-        ))
-    })
+        match id {
+            Some(id) => println!("{id}"),
+            None => {
+                return Err(Exit {
+                    code: 1,
+                    message: first_error.unwrap_or_else(|| "no provider took the job".into()),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The payloads of `job` (a file, or `-`: one job per stdin line), each
@@ -295,85 +348,17 @@ fn read_jobs(job: &str) -> Result<Vec<Vec<u8>>, Exit> {
     Ok(payloads)
 }
 
-fn enqueue(admin: &mut dyn ProviderAdmin, payloads: &[Vec<u8>]) -> Result<(), Exit> {
-    for payload in payloads {
-        let id = admin.enqueue(payload)?;
-        println!("{id}");
-    }
-    Ok(())
-}
-
-/// When the enqueue target is a `disk` queue that an `http` provider of
-/// the same config stores into (`store:`), or no target is named and one
-/// such pair exists: (http name, disk name). redb lets one process open
-/// the file, so jobs reach a running service's queue through its HTTP
-/// endpoint.
-fn front_of_disk(config: &Path, target: Option<&str>) -> Option<(String, String)> {
-    let text = std::fs::read_to_string(config).ok()?;
-    let raw: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
-    let field =
-        |p: &serde_yaml::Value, k: &str| p.get(k).and_then(|v| v.as_str()).map(String::from);
-    let providers: Vec<(String, String, Option<String>)> = raw
-        .get("providers")?
-        .as_sequence()?
-        .iter()
-        .filter_map(|p| {
-            let kind = field(p, "type")?;
-            let name = field(p, "name").unwrap_or_else(|| kind.clone());
-            Some((name, kind, field(p, "store")))
-        })
-        .collect();
-    let is_disk = |n: &str| {
-        providers
-            .iter()
-            .any(|(name, kind, _)| name == n && kind == "disk")
-    };
-    let fronts: Vec<(String, String)> = providers
-        .iter()
-        .filter(|(_, kind, store)| kind == "http" && store.as_deref().is_some_and(is_disk))
-        .filter(|(_, _, store)| target.is_none_or(|t| store.as_deref() == Some(t)))
-        .map(|(name, _, store)| (name.clone(), store.clone().unwrap_or_default()))
-        .collect();
-    match fronts.as_slice() {
-        [one] => Some(one.clone()),
-        _ => None,
-    }
-}
-
-/// Posts each job to the running service's `http` provider; when nothing
-/// answers there (the service is stopped), writes straight into the
-/// `disk` queue's file instead.
-fn enqueue_via(c: &mut Config, http: &str, disk: &str, payloads: &[Vec<u8>]) -> Result<(), Exit> {
-    for payload in payloads {
-        let posted = admin(c, Some(http))?.enqueue(payload);
-        let id = match posted {
-            Ok(id) => id,
-            Err(post_error) => match admin(c, Some(disk))?.enqueue(payload) {
-                Ok(id) => id,
-                Err(disk_error) => {
-                    return Err(Exit {
-                        code: 1,
-                        message: format!("{post_error}; and directly: {disk_error}"),
-                    });
-                }
-            },
-        };
-        println!("{id}");
-    }
-    Ok(())
-}
-
-fn dead(admin: &mut dyn ProviderAdmin, action: DeadAction) -> Result<(), Exit> {
+fn dead(admin: &mut dyn DeadLetters, action: DeadAction) -> Result<(), Exit> {
     match action {
         DeadAction::List => {
-            for r in admin.dead_list()? {
+            for r in admin.list()? {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             }
         }
         DeadAction::Retry { id, all } => {
             let n = match (id.as_deref(), all) {
-                (Some(id), false) => admin.dead_retry(Some(id))?,
-                (None, true) => admin.dead_retry(None)?,
+                (Some(id), false) => admin.retry(Some(id))?,
+                (None, true) => admin.retry(None)?,
                 _ => {
                     return Err(Exit {
                         code: 2,
@@ -383,7 +368,7 @@ fn dead(admin: &mut dyn ProviderAdmin, action: DeadAction) -> Result<(), Exit> {
             };
             println!("re-queued {n} job(s)");
         }
-        DeadAction::Purge => println!("purged {} dead letter(s)", admin.dead_purge()?),
+        DeadAction::Purge => println!("purged {} dead letter(s)", admin.purge()?),
     }
     Ok(())
 }
@@ -396,10 +381,12 @@ fn load(path: Option<&Path>, registry: &Registry) -> Result<Config, Exit> {
             e
         }),
     };
-    c.map_err(|e| Exit {
-        code: 2,
-        message: e.to_string(),
-    })
+    // The binary's config is all there is: no provider is added in code.
+    c.and_then(|c| c.check_references().map(|()| c))
+        .map_err(|e| Exit {
+            code: 2,
+            message: e.to_string(),
+        })
 }
 
 fn serve(config: Config, path: Option<PathBuf>, registry: Registry) -> Result<(), Exit> {
@@ -502,7 +489,9 @@ impl Reload {
             return;
         };
         log::info!("SIGHUP: re-reading {}", path.display());
-        let config = match Config::load(path, &self.registry) {
+        let config = match Config::load(path, &self.registry)
+            .and_then(|c| c.check_references().map(|()| c))
+        {
             Ok(c) => c,
             Err(e) => {
                 log::error!("reload refused, the running config stays: {e}");

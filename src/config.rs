@@ -216,9 +216,20 @@ impl ProviderConfig {
         self.provider.rate_limit()
     }
 
-    /// Offline administration (`enqueue`, `dead`), when the type offers it.
-    pub fn admin(&mut self) -> Option<&mut dyn crate::provider::ProviderAdmin> {
-        self.provider.admin()
+    /// Submissions from outside the service (`goworker enqueue`), when
+    /// the type takes them.
+    pub fn enqueue(&mut self) -> Option<&mut dyn crate::provider::Enqueue> {
+        self.provider.enqueue()
+    }
+
+    /// Its dead letters (`goworker dead`), when the type keeps them.
+    pub fn dead_letters(&mut self) -> Option<&mut dyn crate::provider::DeadLetters> {
+        self.provider.dead_letters()
+    }
+
+    /// The provider whose store this one puts the jobs it takes into.
+    pub fn stores_into(&self) -> Option<&str> {
+        self.provider.stores_into()
     }
 }
 
@@ -281,6 +292,33 @@ impl Config {
     /// A [`ConfigError`] naming the key path and position.
     pub fn parse(text: &str, registry: &Registry) -> Result<Config, ConfigError> {
         Parser { text, registry }.parse()
+    }
+
+    /// Checks what refers to other entries (a provider's `store:`) on the
+    /// assumption that this config is all there is — no providers added in
+    /// code — as for the `goworker` binary, whose `check` and `run` call it.
+    ///
+    /// # Errors
+    /// A reference to no provider, or to one that offers no store.
+    pub fn check_references(&self) -> Result<(), ConfigError> {
+        for (i, p) in self.providers.iter().enumerate() {
+            let Some(target) = p.stores_into() else {
+                continue;
+            };
+            if !self
+                .providers
+                .iter()
+                .any(|q| q.name == target && q.provider.store().is_some())
+            {
+                let mut e = ConfigError::at(
+                    format!("providers[{i}].store"),
+                    format!("{target:?}: no provider of that name offers a store"),
+                );
+                e.file.clone_from(&self.source);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// An empty config with default manager settings (library use).

@@ -69,7 +69,8 @@ pub use manager::{Control, Hooks, NoHooks, ShutdownReport};
 pub use notify::Notify;
 pub use provider::memory::{MemoryHandle, MemoryProvider, Settled};
 pub use provider::{
-    Acker, Delivery, Health, JobStore, Provider, ProviderAdmin, ProviderContext, ProviderType,
+    Acker, DeadLetters, Delivery, Enqueue, Health, JobStore, Provider, ProviderContext,
+    ProviderType,
 };
 pub use registry::{OptionDoc, Registry, TypeDoc};
 pub use service::{RunningService, Service, ServiceBuilder, ShutdownHandle};

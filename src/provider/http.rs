@@ -7,7 +7,7 @@
 //! the job is accepted, and only after it is durable when `store` names a
 //! provider offering a [`JobStore`].
 
-use super::{Acker, Delivery, JobStore, Provider, ProviderAdmin, ProviderContext, ProviderType};
+use super::{Acker, Delivery, Enqueue, JobStore, Provider, ProviderContext, ProviderType};
 use crate::error::Error;
 use crate::job::{FailureRecord, Job, JobStatus, Report};
 use crossbeam_channel::{Receiver, Sender};
@@ -250,7 +250,11 @@ impl Provider for HttpProvider {
         self.shared = None;
     }
 
-    fn admin(&mut self) -> Option<&mut dyn ProviderAdmin> {
+    fn stores_into(&self) -> Option<&str> {
+        self.store.as_deref()
+    }
+
+    fn enqueue(&mut self) -> Option<&mut dyn Enqueue> {
         Some(self)
     }
 }
@@ -649,11 +653,7 @@ impl Acker for LogAcker {
     }
 }
 
-impl ProviderAdmin for HttpProvider {
-    fn keeps_dead_letters(&self) -> bool {
-        false
-    }
-
+impl Enqueue for HttpProvider {
     /// Submits to the running service with `?wait=false`.
     fn enqueue(&mut self, payload: &[u8]) -> Result<String, Error> {
         let fail = |m: String| Error::provider(&self.name, m);
@@ -692,25 +692,6 @@ impl ProviderAdmin for HttpProvider {
             None => Err(fail(format!("POST {url}: answer without an id: {text}"))),
         }
     }
-
-    fn dead_list(&mut self) -> Result<Vec<FailureRecord>, Error> {
-        Err(no_dead_letters(&self.name))
-    }
-
-    fn dead_retry(&mut self, _id: Option<&str>) -> Result<usize, Error> {
-        Err(no_dead_letters(&self.name))
-    }
-
-    fn dead_purge(&mut self) -> Result<usize, Error> {
-        Err(no_dead_letters(&self.name))
-    }
-}
-
-fn no_dead_letters(name: &str) -> Error {
-    Error::provider(
-        name,
-        "the http provider keeps no dead letters (callers get the failure; failure handlers get the record)",
-    )
 }
 
 #[cfg(test)]

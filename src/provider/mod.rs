@@ -52,9 +52,17 @@ pub trait Provider: Send + 'static {
     /// acknowledgements and close connections here.
     fn finish(&mut self) {}
 
-    /// A durable store other providers may put jobs into (`store:` of the
-    /// HTTP provider). Called once, before `run`.
+    /// Capability *store jobs*: a durable store other providers may put
+    /// jobs into (`store:` of the HTTP provider). Called once, before `run`.
     fn store(&self) -> Option<Arc<dyn JobStore>> {
+        None
+    }
+
+    /// The provider whose [`Provider::store`] this one puts the jobs it
+    /// takes into (the HTTP provider's `store:`). The config checks that it
+    /// names a provider offering a store, and `goworker enqueue` aimed at
+    /// that provider goes through this one while the service runs.
+    fn stores_into(&self) -> Option<&str> {
         None
     }
 
@@ -66,9 +74,14 @@ pub trait Provider: Send + 'static {
         None
     }
 
-    /// Offline administration for the `enqueue` and `dead` commands, used
-    /// without running the service.
-    fn admin(&mut self) -> Option<&mut dyn ProviderAdmin> {
+    /// Capability *take submissions*: `goworker enqueue` through this
+    /// provider, from another process than the service.
+    fn enqueue(&mut self) -> Option<&mut dyn Enqueue> {
+        None
+    }
+
+    /// Capability *keep dead letters*: the `goworker dead` commands.
+    fn dead_letters(&mut self) -> Option<&mut dyn DeadLetters> {
         None
     }
 }
@@ -101,35 +114,33 @@ pub trait JobStore: Send + Sync {
     fn put(&self, jobs: &[Job]) -> Result<(), Error>;
 }
 
-/// Offline operations on a provider's storage.
-pub trait ProviderAdmin {
+/// Takes jobs submitted from outside the service (`goworker enqueue`).
+pub trait Enqueue {
     /// Submits one raw job payload; returns the job id.
     ///
     /// # Errors
     /// When the payload is not a job or the source cannot be reached.
     fn enqueue(&mut self, payload: &[u8]) -> Result<String, Error>;
-    /// Whether this provider keeps dead letters (the `dead` commands pick
-    /// such a provider when none is named). Default: true.
-    fn keeps_dead_letters(&self) -> bool {
-        true
-    }
+}
 
+/// Keeps the records of jobs that failed for good (`goworker dead`).
+pub trait DeadLetters {
     /// Dead-letter records, newest first.
     ///
     /// # Errors
     /// When the source cannot be read.
-    fn dead_list(&mut self) -> Result<Vec<FailureRecord>, Error>;
+    fn list(&mut self) -> Result<Vec<FailureRecord>, Error>;
     /// Re-queues the dead letter with this job id, or all of them; returns
     /// how many were re-queued.
     ///
     /// # Errors
-    /// When the source cannot be written.
-    fn dead_retry(&mut self, id: Option<&str>) -> Result<usize, Error>;
+    /// When the source cannot be written, or no record has that id.
+    fn retry(&mut self, id: Option<&str>) -> Result<usize, Error>;
     /// Deletes every dead letter; returns how many.
     ///
     /// # Errors
     /// When the source cannot be written.
-    fn dead_purge(&mut self) -> Result<usize, Error>;
+    fn purge(&mut self) -> Result<usize, Error>;
 }
 
 /// Told how a delivered job ended: exactly one method is called, once.

@@ -739,6 +739,35 @@ fn no_wait_with_a_store_answers_202_only_once_stored() {
 }
 
 #[test]
+fn check_refuses_a_store_that_names_no_provider_offering_one() {
+    let dir = temp_dir();
+    for (store, extra) in [
+        ("nosuch", ""),
+        (
+            "other",
+            "  - type: http\n    name: other\n    listen: 127.0.0.1:1\n",
+        ),
+    ] {
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "manager:\n  stats_listen: null\nproviders:\n  - type: http\n    store: {store}\n{extra}workers:\n  - type: noop\n"
+            ),
+        )
+        .unwrap();
+        let (code, out, err) = goworker(&["check", "-c", cfg.to_str().unwrap()], dir.path());
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(
+            err.contains(&format!(
+                "providers[0].store: \"{store}\": no provider of that name offers a store"
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn start_up_fails_on_a_port_in_use_or_an_unknown_store() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();

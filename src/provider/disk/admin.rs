@@ -6,7 +6,7 @@ use super::db::{Change, now_micros};
 use super::writer::Shared;
 use crate::error::Error;
 use crate::job::{FailureRecord, Job};
-use crate::provider::ProviderAdmin;
+use crate::provider::{DeadLetters, Enqueue};
 use std::sync::Arc;
 
 pub(super) struct Admin {
@@ -49,7 +49,7 @@ fn requeued(record: &[u8], id: Option<&str>) -> Option<Vec<u8>> {
     Some(job.to_json().into_bytes())
 }
 
-impl ProviderAdmin for Admin {
+impl Enqueue for Admin {
     fn enqueue(&mut self, payload: &[u8]) -> Result<String, Error> {
         let job = Job::parse(payload).map_err(|m| Error::Other(m.reason))?;
         self.open()?;
@@ -64,8 +64,10 @@ impl ProviderAdmin for Admin {
             .map_err(|e| self.err(e))?;
         Ok(job.id)
     }
+}
 
-    fn dead_list(&mut self) -> Result<Vec<FailureRecord>, Error> {
+impl DeadLetters for Admin {
+    fn list(&mut self) -> Result<Vec<FailureRecord>, Error> {
         self.open()?;
         let raw = self.shared.store.dead_list().map_err(|e| self.err(e))?;
         Ok(raw
@@ -74,7 +76,7 @@ impl ProviderAdmin for Admin {
             .collect())
     }
 
-    fn dead_retry(&mut self, id: Option<&str>) -> Result<usize, Error> {
+    fn retry(&mut self, id: Option<&str>) -> Result<usize, Error> {
         self.open()?;
         let n = self
             .shared
@@ -89,7 +91,7 @@ impl ProviderAdmin for Admin {
         Ok(n)
     }
 
-    fn dead_purge(&mut self) -> Result<usize, Error> {
+    fn purge(&mut self) -> Result<usize, Error> {
         self.open()?;
         self.shared.store.dead_purge().map_err(|e| self.err(e))
     }

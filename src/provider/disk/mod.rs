@@ -17,7 +17,9 @@ mod admin;
 mod db;
 mod writer;
 
-use super::{Acker, Delivery, JobStore, Provider, ProviderAdmin, ProviderContext, ProviderType};
+use super::{
+    Acker, DeadLetters, Delivery, Enqueue, JobStore, Provider, ProviderContext, ProviderType,
+};
 use crate::error::Error;
 use crate::job::{FailureRecord, Job, Report};
 use crossbeam_channel::Receiver;
@@ -264,7 +266,11 @@ impl Provider for DiskProvider {
         Some(Arc::new(DiskStore(self.shared.clone())))
     }
 
-    fn admin(&mut self) -> Option<&mut dyn ProviderAdmin> {
+    fn enqueue(&mut self) -> Option<&mut dyn Enqueue> {
+        Some(&mut self.admin)
+    }
+
+    fn dead_letters(&mut self) -> Option<&mut dyn DeadLetters> {
         Some(&mut self.admin)
     }
 }

@@ -7,7 +7,7 @@ use super::conn::Conn;
 use super::keys::QueueKeys;
 use crate::error::Error;
 use crate::job::{FailureRecord, Job};
-use crate::provider::ProviderAdmin;
+use crate::provider::{DeadLetters, Enqueue};
 
 impl RedisProvider {
     fn admin_conn(&mut self) -> Result<(Conn, Vec<QueueKeys>), Error> {
@@ -59,7 +59,7 @@ fn requeue_payload(rec: &FailureRecord) -> Option<Vec<u8>> {
     rec.raw.as_ref().map(|r| r.clone().into_bytes())
 }
 
-impl ProviderAdmin for RedisProvider {
+impl Enqueue for RedisProvider {
     fn enqueue(&mut self, payload: &[u8]) -> Result<String, Error> {
         let job = Job::parse(payload).map_err(|m| Error::Other(m.reason))?;
         let (mut conn, keys) = self.admin_conn()?;
@@ -71,8 +71,10 @@ impl ProviderAdmin for RedisProvider {
             .map_err(|e| self.fail(e))?;
         Ok(job.id)
     }
+}
 
-    fn dead_list(&mut self) -> Result<Vec<FailureRecord>, Error> {
+impl DeadLetters for RedisProvider {
+    fn list(&mut self) -> Result<Vec<FailureRecord>, Error> {
         let (mut conn, keys) = self.admin_conn()?;
         let mut all = Vec::new();
         for q in &keys {
@@ -83,7 +85,7 @@ impl ProviderAdmin for RedisProvider {
         Ok(all)
     }
 
-    fn dead_retry(&mut self, id: Option<&str>) -> Result<usize, Error> {
+    fn retry(&mut self, id: Option<&str>) -> Result<usize, Error> {
         let (mut conn, keys) = self.admin_conn()?;
         let mut n = 0;
         for q in &keys {
@@ -122,7 +124,7 @@ impl ProviderAdmin for RedisProvider {
         Ok(n)
     }
 
-    fn dead_purge(&mut self) -> Result<usize, Error> {
+    fn purge(&mut self) -> Result<usize, Error> {
         let (mut conn, keys) = self.admin_conn()?;
         let mut n = 0;
         for q in &keys {

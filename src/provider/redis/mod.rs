@@ -22,7 +22,7 @@ mod scripts;
 
 pub(crate) use options::RedisOptions;
 
-use super::{Provider, ProviderAdmin, ProviderContext, ProviderType};
+use super::{DeadLetters, Enqueue, Provider, ProviderContext, ProviderType};
 use crate::error::Error;
 use ack::AckThread;
 use conn::Redis;
@@ -110,7 +110,11 @@ impl Provider for RedisProvider {
         Some(self.settings.rate_limit)
     }
 
-    fn admin(&mut self) -> Option<&mut dyn ProviderAdmin> {
+    fn enqueue(&mut self) -> Option<&mut dyn Enqueue> {
+        Some(self)
+    }
+
+    fn dead_letters(&mut self) -> Option<&mut dyn DeadLetters> {
         Some(self)
     }
 }
