@@ -4,6 +4,7 @@
 mod util;
 
 mod core;
+mod custom_provider;
 mod disk;
 mod http;
 mod httpworker;
