@@ -36,7 +36,7 @@ impl WorkerType for CountingNoop {
     const TYPE: &'static str = "noop";
     const DESCRIPTION: &'static str = "noop that counts";
 
-    fn from_options(_: NoOptions, _: &PoolInfo) -> Result<CountingNoop, String> {
+    fn from_options(_: NoOptions, _: &PoolInfo) -> Result<CountingNoop, goworker::PluginError> {
         Ok(CountingNoop)
     }
 

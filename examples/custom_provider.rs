@@ -13,8 +13,8 @@
 //! then `echo '{"type":"noop"}' > spool/hello.json`.
 
 use goworker::{
-    Acker, DeadLetters, Delivery, Enqueue, Error, FailureRecord, Job, Provider, ProviderContext,
-    ProviderType, Registry, Report,
+    Acker, DeadLetters, Delivery, Enqueue, Error, FailureRecord, Job, PluginError, Provider,
+    ProviderContext, ProviderType, Registry, Report,
 };
 use std::fs;
 use std::io::{Read, Write};
@@ -55,9 +55,9 @@ impl ProviderType for Spool {
     const DESCRIPTION: &'static str =
         "jobs dropped as JSON files into a folder; moved to done/ or failed/ when they end";
 
-    fn build(name: &str, o: SpoolOptions) -> Result<Box<dyn Provider>, String> {
+    fn build(name: &str, o: SpoolOptions) -> Result<Box<dyn Provider>, PluginError> {
         if o.poll_ms == 0 || o.poll_ms > 60_000 {
-            return Err("poll_ms: from 1 to 60000".into());
+            return Err(PluginError::at("poll_ms", "from 1 to 60000"));
         }
         Ok(Box::new(SpoolProvider {
             name: name.to_string(),

@@ -14,7 +14,7 @@
 //!      http://127.0.0.1:8081/job/add
 //! ```
 
-use goworker::{Job, JobContext, Outcome, PoolInfo, Registry, Worker, WorkerType};
+use goworker::{Job, JobContext, Outcome, PluginError, PoolInfo, Registry, Worker, WorkerType};
 use std::process::ExitCode;
 
 /// Options of the `shout` worker, as written in YAML beside `type` and `count`.
@@ -36,9 +36,9 @@ impl WorkerType for Shout {
     const TYPE: &'static str = "shout";
     const DESCRIPTION: &'static str = "upper-cases params.text";
 
-    fn from_options(o: ShoutOptions, _pool: &PoolInfo) -> Result<Shout, String> {
+    fn from_options(o: ShoutOptions, _pool: &PoolInfo) -> Result<Shout, PluginError> {
         if o.suffix.len() > 16 {
-            return Err("suffix: at most 16 characters".into());
+            return Err(PluginError::at("suffix", "at most 16 characters"));
         }
         Ok(Shout { suffix: o.suffix })
     }

@@ -209,7 +209,7 @@ fn run(args: Args, registry: Registry) -> Result<(), Exit> {
                 c.providers[i].dead_letters().is_some()
             })?;
             let p = &mut c.providers[i];
-            let (name, kind) = (p.name.clone(), p.kind.clone());
+            let (name, kind) = (p.name.clone(), p.plugin_type.clone());
             match p.dead_letters() {
                 Some(d) => dead(d, action),
                 None => Err(unsupported(&name, &kind)),
@@ -283,7 +283,7 @@ fn enqueue(c: &mut Config, target: Option<&str>, payloads: &[Vec<u8>]) -> Result
         let mut id = None;
         for i in [front, direct].into_iter().flatten() {
             let p = &mut c.providers[i];
-            let (name, kind) = (p.name.clone(), p.kind.clone());
+            let (name, kind) = (p.name.clone(), p.plugin_type.clone());
             let Some(e) = p.enqueue() else {
                 first_error.get_or_insert(unsupported(&name, &kind).message);
                 continue;
@@ -541,7 +541,8 @@ impl Reload {
 
 fn print_options(registry: &Registry) {
     let mut section = "";
-    for t in registry.describe() {
+    let manager = Config::describe_manager();
+    for t in std::iter::once(manager).chain(registry.describe()) {
         if t.section != section {
             section = t.section;
             println!(

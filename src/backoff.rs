@@ -29,6 +29,19 @@ pub struct Backoff {
     pub jitter: Jitter,
 }
 
+/// A back-off as written in a pool's `retry:`; unset keys come from
+/// `manager.retry`.
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RetryOverride {
+    /// Delay cap of the first retry.
+    pub(crate) base: Option<String>,
+    /// Largest delay.
+    pub(crate) max: Option<String>,
+    /// full, equal or none.
+    pub(crate) jitter: Option<Jitter>,
+}
+
 impl Default for Backoff {
     fn default() -> Backoff {
         Backoff {

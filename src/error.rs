@@ -79,6 +79,73 @@ impl From<ConfigError> for Error {
     }
 }
 
+/// Why a plugin type refused its options: returned by
+/// [`crate::ProviderType::build`], [`crate::WorkerType::from_options`] and
+/// [`crate::FailureHandlerType::build`]. The config loader adds the file,
+/// the entry's key path and the line and column.
+///
+/// ```
+/// use goworker::PluginError;
+/// let e = PluginError::at("suffix", "at most 16 characters");
+/// assert_eq!(e.to_string(), "suffix: at most 16 characters");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginError {
+    path: String,
+    message: String,
+}
+
+impl PluginError {
+    /// An error about the options as a whole (or whose message names the
+    /// option itself).
+    pub fn new(message: impl Into<String>) -> PluginError {
+        PluginError::at("", message)
+    }
+
+    /// An error about the option at `path` (e.g. `allow[2]`, `retry.base`),
+    /// relative to the plugin's entry.
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> PluginError {
+        PluginError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The option's key path inside the entry; empty for the whole entry.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// What is wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<String> for PluginError {
+    fn from(message: String) -> PluginError {
+        PluginError::new(message)
+    }
+}
+
+impl From<&str> for PluginError {
+    fn from(message: &str) -> PluginError {
+        PluginError::new(message)
+    }
+}
+
+impl fmt::Display for PluginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for PluginError {}
+
 /// A configuration error: where it is and what is wrong.
 ///
 /// Displayed as `FILE:LINE:COLUMN: KEY.PATH: message`, leaving out what is

@@ -47,9 +47,9 @@ mod failure;
 mod job;
 mod manager;
 mod notify;
+mod plugin;
 mod pool;
 mod provider;
-mod registry;
 mod service;
 mod stats;
 mod stats_server;
@@ -59,7 +59,7 @@ pub use backoff::{Backoff, Jitter};
 pub use config::{
     Config, EXAMPLE_CONFIG, HandlerConfig, ManagerConfig, PoolConfig, ProviderConfig,
 };
-pub use error::{ConfigError, Error};
+pub use error::{ConfigError, Error, PluginError};
 pub use failure::{FailureHandler, FailureHandlerType};
 pub use job::{
     Failure, FailureRecord, Job, JobStatus, Malformed, Outcome, Report, new_id, time_to_unix,
@@ -67,12 +67,12 @@ pub use job::{
 };
 pub use manager::{Control, Hooks, NoHooks, ShutdownReport};
 pub use notify::Notify;
+pub use plugin::{OptionDoc, Registry, TypeDoc};
 pub use provider::memory::{MemoryHandle, MemoryProvider, Settled};
 pub use provider::{
     Acker, DeadLetters, Delivery, Enqueue, Health, JobStore, Provider, ProviderContext,
     ProviderType,
 };
-pub use registry::{OptionDoc, Registry, TypeDoc};
 pub use service::{RunningService, Service, ServiceBuilder, ShutdownHandle};
 pub use stats::{
     ChannelFill, Counters, DURATION_BUCKETS, DurationStats, PairStats, ProviderStats, Snapshot,

@@ -7,9 +7,9 @@ use crate::error::Error;
 use crate::failure::FailureHandler;
 use crate::job::FailureRecord;
 use crate::manager::{Control, Hooks, Manager, NoHooks, ShutdownReport};
+use crate::plugin::WorkerSpec;
 use crate::pool::Pool;
 use crate::provider::{Health, JobStore, Provider, ProviderContext};
-use crate::registry::WorkerSpec;
 use crate::stats::{Snapshot, StatsReader};
 use crate::stats_server::StatsServer;
 use crate::worker::{PoolInfo, WorkerType};
@@ -39,7 +39,7 @@ impl ServiceBuilder {
     pub fn provider(mut self, name: &str, provider: impl Provider) -> ServiceBuilder {
         self.config.providers.push(crate::config::ProviderConfig {
             name: name.to_string(),
-            kind: "custom".into(),
+            plugin_type: "custom".into(),
             provider: Box::new(provider),
         });
         self
@@ -62,10 +62,10 @@ impl ServiceBuilder {
             timeout: None,
         };
         let spec: Arc<dyn WorkerSpec> =
-            Arc::new(T::from_options(options, &info).map_err(Error::Other)?);
+            Arc::new(T::from_options(options, &info).map_err(|e| Error::Other(e.to_string()))?);
         self.config.pools.push(PoolConfig {
             name: name.to_string(),
-            kind: T::TYPE.to_string(),
+            plugin_type: T::TYPE.to_string(),
             count: count.max(1),
             timeout: None,
             retry: self.config.manager.retry,
@@ -84,7 +84,7 @@ impl ServiceBuilder {
             .failure_handlers
             .push(crate::config::HandlerConfig {
                 name: name.to_string(),
-                kind: "custom".into(),
+                plugin_type: "custom".into(),
                 handler: Box::new(handler),
             });
         self

@@ -7,6 +7,7 @@
 //! Spawning and waiting are the `cli` worker's.
 
 use super::{FailureHandler, FailureHandlerType};
+use crate::error::PluginError;
 use crate::job::FailureRecord;
 use crate::worker::cli::{Spawn, resolve, spawn_and_wait};
 use crate::worker::http::parse_duration;
@@ -55,7 +56,7 @@ impl FailureHandlerType for CliHandlerType {
     const DESCRIPTION: &'static str =
         "runs the configured command (argv, no shell) with the failure record as JSON on stdin";
 
-    fn build(_name: &str, o: CliHandlerOptions) -> Result<Box<dyn FailureHandler>, String> {
+    fn build(_name: &str, o: CliHandlerOptions) -> Result<Box<dyn FailureHandler>, PluginError> {
         let command = o.command.ok_or("command: required")?;
         if command.is_empty() {
             return Err("command: empty".into());

@@ -7,6 +7,7 @@
 //! files, so every file holds whole JSON lines.
 
 use super::{FailureHandler, FailureHandlerType};
+use crate::error::PluginError;
 use crate::job::FailureRecord;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -44,7 +45,7 @@ impl FailureHandlerType for FileHandlerType {
     const DESCRIPTION: &'static str =
         "appends one JSON line per failed job to a file, fsync'd, rotated at max_size";
 
-    fn build(_name: &str, options: FileOptions) -> Result<Box<dyn FailureHandler>, String> {
+    fn build(_name: &str, options: FileOptions) -> Result<Box<dyn FailureHandler>, PluginError> {
         let path = options.path.ok_or("path: required")?;
         if path.as_os_str().is_empty() {
             return Err("path: empty".into());

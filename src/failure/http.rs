@@ -9,6 +9,7 @@
 
 use super::{FailureHandler, FailureHandlerType};
 use crate::backoff::{Backoff, Jitter};
+use crate::error::PluginError;
 use crate::job::FailureRecord;
 use crate::worker::http::{agent, parse_duration};
 use std::collections::BTreeMap;
@@ -53,12 +54,13 @@ impl FailureHandlerType for HttpHandlerType {
     const DESCRIPTION: &'static str =
         "POSTs each failure record as JSON to a webhook, with retries; follows no redirects";
 
-    fn build(_name: &str, o: HttpHandlerOptions) -> Result<Box<dyn FailureHandler>, String> {
+    fn build(_name: &str, o: HttpHandlerOptions) -> Result<Box<dyn FailureHandler>, PluginError> {
         let url = o.url.ok_or("url: required")?;
         let parsed = url::Url::parse(&url).map_err(|e| format!("url: {url:?}: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-            return Err(format!(
-                "url: {url:?}: must be an http or https URL with a host"
+            return Err(PluginError::at(
+                "url",
+                format!("{url:?}: must be an http or https URL with a host"),
             ));
         }
         let mut headers = Vec::new();
@@ -168,7 +170,8 @@ mod tests {
 
     #[test]
     fn options_are_validated() {
-        let build = |o: HttpHandlerOptions| HttpHandlerType::build("h", o).err();
+        let build =
+            |o: HttpHandlerOptions| HttpHandlerType::build("h", o).err().map(|e| e.to_string());
         assert_eq!(
             build(HttpHandlerOptions::default()).as_deref(),
             Some("url: required")

@@ -11,6 +11,7 @@ pub(crate) mod cli;
 pub(crate) mod file;
 pub(crate) mod http;
 
+use crate::error::PluginError;
 use crate::job::FailureRecord;
 use serde::de::DeserializeOwned;
 
@@ -37,5 +38,5 @@ pub trait FailureHandlerType: 'static {
     ///
     /// # Errors
     /// A message naming the offending option.
-    fn build(name: &str, options: Self::Options) -> Result<Box<dyn FailureHandler>, String>;
+    fn build(name: &str, options: Self::Options) -> Result<Box<dyn FailureHandler>, PluginError>;
 }

@@ -9,6 +9,7 @@
 
 use super::{Acker, Delivery, Enqueue, JobStore, Provider, ProviderContext, ProviderType};
 use crate::error::Error;
+use crate::error::PluginError;
 use crate::job::{FailureRecord, Job, JobStatus, Report};
 use crossbeam_channel::{Receiver, Sender};
 use serde::Deserialize;
@@ -117,15 +118,15 @@ impl ProviderType for HttpProviderType {
     const DESCRIPTION: &'static str =
         "jobs submitted over HTTP: POST /job/add and /jobs, waiting for the outcome or not";
 
-    fn build(name: &str, o: HttpOptions) -> Result<Box<dyn Provider>, String> {
+    fn build(name: &str, o: HttpOptions) -> Result<Box<dyn Provider>, PluginError> {
         let listen: SocketAddr = o
             .listen
             .parse()
             .map_err(|e| format!("listen {:?}: {e}", o.listen))?;
         if !o.endpoint.starts_with('/') || o.endpoint.contains('?') {
-            return Err(format!(
-                "endpoint {:?}: must be a path starting with /",
-                o.endpoint
+            return Err(PluginError::at(
+                "endpoint",
+                format!("{:?}: must be a path starting with /", o.endpoint),
             ));
         }
         if o.threads == 0 {
@@ -726,7 +727,9 @@ mod tests {
         let o = |f: fn(&mut HttpOptions)| {
             let mut o = HttpOptions::default();
             f(&mut o);
-            HttpProviderType::build("api", o).err()
+            HttpProviderType::build("api", o)
+                .err()
+                .map(|e| e.to_string())
         };
         assert!(o(|_| {}).is_none());
         assert!(

@@ -5,6 +5,7 @@
 
 use super::{Acker, Delivery, Provider, ProviderContext, ProviderType};
 use crate::error::Error;
+use crate::error::PluginError;
 use crate::job::{FailureRecord, Job, Report};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -56,7 +57,7 @@ impl ProviderType for MemoryType {
     const DESCRIPTION: &'static str =
         "in-process queue; runs the jobs listed in its config once (tests, demos; not durable)";
 
-    fn build(_name: &str, options: MemoryOptions) -> Result<Box<dyn Provider>, String> {
+    fn build(_name: &str, options: MemoryOptions) -> Result<Box<dyn Provider>, PluginError> {
         let (provider, handle) = MemoryProvider::new();
         for (i, job) in options.jobs.iter().enumerate() {
             let raw = serde_json::to_vec(job).map_err(|e| format!("jobs[{i}]: {e}"))?;

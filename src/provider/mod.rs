@@ -16,6 +16,7 @@ pub(crate) mod memory;
 pub(crate) mod redis;
 
 use crate::error::Error;
+use crate::error::PluginError;
 use crate::job::{FailureRecord, Job, Malformed, Report};
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use serde::de::DeserializeOwned;
@@ -101,7 +102,7 @@ pub trait ProviderType: 'static {
     ///
     /// # Errors
     /// A message naming the offending option.
-    fn build(name: &str, options: Self::Options) -> Result<Box<dyn Provider>, String>;
+    fn build(name: &str, options: Self::Options) -> Result<Box<dyn Provider>, PluginError>;
 }
 
 /// Stores jobs durably on behalf of another provider.

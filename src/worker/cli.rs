@@ -6,6 +6,7 @@
 //! polling loop, and the timeout is exact.
 
 use super::{JobContext, PoolInfo, Worker, WorkerType, kill_process_group};
+use crate::error::PluginError;
 use crate::job::{Job, Outcome};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -49,11 +50,11 @@ impl WorkerType for Cli {
     const DESCRIPTION: &'static str =
         "runs an allow-listed command (argv, no shell) in its own process group";
 
-    fn from_options(o: CliOptions, _pool: &PoolInfo) -> Result<Cli, String> {
+    fn from_options(o: CliOptions, _pool: &PoolInfo) -> Result<Cli, PluginError> {
         let mut allow = Vec::new();
         for (i, entry) in o.allow.iter().enumerate() {
             if entry.is_empty() {
-                return Err(format!("allow[{i}]: empty command"));
+                return Err(PluginError::at(format!("allow[{i}]"), "empty command"));
             }
             // An entry that does not exist yet is kept as written: it may be
             // installed later, and matching then resolves the job's command.

@@ -11,6 +11,7 @@
 //! a refused host, bad params and the redirect limit are final.
 
 use super::{JobContext, PoolInfo, Worker, WorkerType};
+use crate::error::PluginError;
 use crate::job::{Job, Outcome};
 use serde::Deserialize;
 use serde_json::Value;
@@ -206,7 +207,7 @@ impl WorkerType for Http {
     const DESCRIPTION: &'static str =
         "calls a URL on an allow-listed host; 2xx succeeds, 5xx/429/timeouts are retried";
 
-    fn from_options(o: HttpOptions, pool: &PoolInfo) -> Result<Http, String> {
+    fn from_options(o: HttpOptions, pool: &PoolInfo) -> Result<Http, PluginError> {
         let allow = AllowHosts::parse(&o.allow_hosts)?;
         if allow.is_empty() {
             log::warn!(

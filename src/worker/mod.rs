@@ -10,6 +10,7 @@ pub(crate) mod cli;
 pub(crate) mod http;
 pub(crate) mod noop;
 
+use crate::error::PluginError;
 use crate::job::{Job, Outcome};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub trait WorkerType: Send + Sync + Sized + 'static {
     ///
     /// # Errors
     /// A message naming the offending option.
-    fn from_options(options: Self::Options, pool: &PoolInfo) -> Result<Self, String>;
+    fn from_options(options: Self::Options, pool: &PoolInfo) -> Result<Self, PluginError>;
 
     /// A worker for one pool thread (called again after a worker panics).
     fn new_worker(&self) -> Box<dyn Worker>;

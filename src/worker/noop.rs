@@ -1,6 +1,7 @@
 //! The `noop` worker: succeeds at once. For benchmarks and tests.
 
 use super::{JobContext, PoolInfo, Worker, WorkerType};
+use crate::error::PluginError;
 use crate::job::{Job, Outcome};
 
 /// `noop` takes no options.
@@ -17,7 +18,7 @@ impl WorkerType for Noop {
     const TYPE: &'static str = "noop";
     const DESCRIPTION: &'static str = "succeeds at once; for benchmarks and tests";
 
-    fn from_options(_: NoopOptions, _: &PoolInfo) -> Result<Noop, String> {
+    fn from_options(_: NoopOptions, _: &PoolInfo) -> Result<Noop, PluginError> {
         Ok(Noop)
     }
 

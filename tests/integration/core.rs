@@ -247,7 +247,7 @@ impl WorkerType for Flaky {
     const TYPE: &'static str = "flaky";
     const DESCRIPTION: &'static str = "panics on demand";
 
-    fn from_options(_: FlakyOptions, _: &PoolInfo) -> Result<Flaky, String> {
+    fn from_options(_: FlakyOptions, _: &PoolInfo) -> Result<Flaky, goworker::PluginError> {
         let seen = SEEN.lock().unwrap().clone().ok_or("no recorder")?;
         Ok(Flaky { seen })
     }

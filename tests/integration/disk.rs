@@ -50,7 +50,7 @@ impl WorkerType for Count {
     const TYPE: &'static str = "count";
     const DESCRIPTION: &'static str = "counts runs per job number";
 
-    fn from_options(o: CountOptions, _: &PoolInfo) -> Result<Count, String> {
+    fn from_options(o: CountOptions, _: &PoolInfo) -> Result<Count, goworker::PluginError> {
         Ok(Count(o.key))
     }
 

@@ -21,6 +21,7 @@ use super::{
     Acker, DeadLetters, Delivery, Enqueue, JobStore, Provider, ProviderContext, ProviderType,
 };
 use crate::error::Error;
+use crate::error::PluginError;
 use crate::job::{FailureRecord, Job, Report};
 use crossbeam_channel::Receiver;
 use db::{Change, Store};
@@ -80,7 +81,7 @@ impl ProviderType for Disk {
     const DESCRIPTION: &'static str =
         "a durable job queue embedded in one redb file (run_at, durable retries, dead letters)";
 
-    fn build(name: &str, options: DiskOptions) -> Result<Box<dyn Provider>, String> {
+    fn build(name: &str, options: DiskOptions) -> Result<Box<dyn Provider>, PluginError> {
         Ok(Box::new(DiskProvider::new(name, options)?))
     }
 }

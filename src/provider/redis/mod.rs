@@ -24,6 +24,7 @@ pub(crate) use options::RedisOptions;
 
 use super::{DeadLetters, Enqueue, Provider, ProviderContext, ProviderType};
 use crate::error::Error;
+use crate::error::PluginError;
 use ack::AckThread;
 use conn::Redis;
 use keeper::Keeper;
@@ -41,7 +42,7 @@ impl ProviderType for RedisType {
     const DESCRIPTION: &'static str = "reliable fetch from redis lists (LPUSH producers, as GoWorker); \
          durable retries, delays and dead letters; many processes may share one redis";
 
-    fn build(name: &str, options: RedisOptions) -> Result<Box<dyn Provider>, String> {
+    fn build(name: &str, options: RedisOptions) -> Result<Box<dyn Provider>, PluginError> {
         let settings = Settings::from_options(name, options)?;
         Ok(Box::new(RedisProvider {
             settings: Arc::new(settings),

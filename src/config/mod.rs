@@ -1,0 +1,294 @@
+//! Configuration, in three steps:
+//!
+//! - [`raw`]: serde structs that mirror the YAML as written;
+//! - [`validate`]: from those to the validated [`Config`], in which
+//!   durations are `Duration`s and every plugin entry has been built by its
+//!   type (after `Config::load` no code sees "30s");
+//! - [`locate`]: where a key path is in the text, so every error names the
+//!   file, the key path, and the line and column.
+
+mod locate;
+pub(crate) mod raw;
+mod validate;
+
+use crate::backoff::Backoff;
+use crate::error::ConfigError;
+use crate::failure::FailureHandler;
+use crate::plugin::{Registry, TypeDoc, WorkerSpec, schema_of};
+use crate::provider::Provider;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default configuration: what `make run` starts, embedded in the binary.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../config.example.yaml");
+
+/// The validated `manager:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManagerConfig {
+    /// Where the stats server listens; `None` when off.
+    pub stats_listen: Option<SocketAddr>,
+    /// Grace period for running jobs at shutdown. Default 30 s.
+    pub shutdown_timeout: Duration,
+    /// Delivery channel capacity. Default 1024.
+    pub channel_bound: usize,
+    /// Default retry back-off. Default 1 s doubling to 5 min, full jitter.
+    pub retry: Backoff,
+    /// Output bytes kept per attempt. Default 64 KiB.
+    pub capture_limit: usize,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> ManagerConfig {
+        ManagerConfig {
+            stats_listen: None,
+            shutdown_timeout: Duration::from_secs(30),
+            channel_bound: 1024,
+            retry: Backoff::default(),
+            capture_limit: 64 * 1024,
+        }
+    }
+}
+
+/// A validated worker pool.
+#[derive(Clone)]
+pub struct PoolConfig {
+    /// Pool name (the job type routed to it).
+    pub name: String,
+    /// Its worker type (the plugin type; not the job type, which is the pool's name).
+    pub plugin_type: String,
+    /// Threads.
+    pub count: usize,
+    /// Default per-attempt timeout.
+    pub timeout: Option<Duration>,
+    /// Retry back-off for jobs of this pool.
+    pub retry: Backoff,
+    pub(crate) spec: Arc<dyn WorkerSpec>,
+}
+
+impl std::fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolConfig")
+            .field("name", &self.name)
+            .field("plugin_type", &self.plugin_type)
+            .field("count", &self.count)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// A validated provider, built but not started.
+pub struct ProviderConfig {
+    /// Its name.
+    pub name: String,
+    /// Its plugin type.
+    pub plugin_type: String,
+    pub(crate) provider: Box<dyn Provider>,
+}
+
+impl std::fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("name", &self.name)
+            .field("plugin_type", &self.plugin_type)
+            .finish()
+    }
+}
+
+impl ProviderConfig {
+    /// The configured rate limit (jobs per second, 0 = unlimited), when the
+    /// type has one.
+    pub fn rate_limit(&self) -> Option<f64> {
+        self.provider.rate_limit()
+    }
+
+    /// Submissions from outside the service (`goworker enqueue`), when
+    /// the type takes them.
+    pub fn enqueue(&mut self) -> Option<&mut dyn crate::provider::Enqueue> {
+        self.provider.enqueue()
+    }
+
+    /// Its dead letters (`goworker dead`), when the type keeps them.
+    pub fn dead_letters(&mut self) -> Option<&mut dyn crate::provider::DeadLetters> {
+        self.provider.dead_letters()
+    }
+
+    /// The provider whose store this one puts the jobs it takes into.
+    pub fn stores_into(&self) -> Option<&str> {
+        self.provider.stores_into()
+    }
+}
+
+/// A validated failure handler.
+pub struct HandlerConfig {
+    /// Its name.
+    pub name: String,
+    /// Its plugin type.
+    pub plugin_type: String,
+    pub(crate) handler: Box<dyn FailureHandler>,
+}
+
+impl std::fmt::Debug for HandlerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerConfig")
+            .field("name", &self.name)
+            .field("plugin_type", &self.plugin_type)
+            .finish()
+    }
+}
+
+/// A whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub source: Option<PathBuf>,
+    /// The manager section.
+    pub manager: ManagerConfig,
+    /// Providers in config order.
+    pub providers: Vec<ProviderConfig>,
+    /// Worker pools in config order.
+    pub pools: Vec<PoolConfig>,
+    /// Failure handlers in config order.
+    pub failure_handlers: Vec<HandlerConfig>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, key path and position.
+    pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            path: String::new(),
+            location: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        let mut c = Config::parse(&text, registry).map_err(|mut e| {
+            e.file = Some(path.to_path_buf());
+            e
+        })?;
+        c.source = Some(path.to_path_buf());
+        Ok(c)
+    }
+
+    /// Validates config text.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path and position.
+    pub fn parse(text: &str, registry: &Registry) -> Result<Config, ConfigError> {
+        validate::Parser { text, registry }.parse()
+    }
+
+    /// Checks what refers to other entries (a provider's `store:`) on the
+    /// assumption that this config is all there is — no providers added in
+    /// code — as for the `goworker` binary, whose `check` and `run` call it.
+    ///
+    /// # Errors
+    /// A reference to no provider, or to one that offers no store.
+    pub fn check_references(&self) -> Result<(), ConfigError> {
+        for (i, p) in self.providers.iter().enumerate() {
+            let Some(target) = p.stores_into() else {
+                continue;
+            };
+            if !self
+                .providers
+                .iter()
+                .any(|q| q.name == target && q.provider.store().is_some())
+            {
+                let mut e = ConfigError::at(
+                    format!("providers[{i}].store"),
+                    format!("{target:?}: no provider of that name offers a store"),
+                );
+                e.file.clone_from(&self.source);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The `manager:` section's options, for `goworker options` (the
+    /// plugin types are [`Registry::describe`]).
+    pub fn describe_manager() -> TypeDoc {
+        TypeDoc::new(
+            "manager",
+            "manager",
+            "the manager: stats server, shutdown, retries",
+            &[&schema_of::<raw::RawManager>()],
+        )
+    }
+
+    /// An empty config with default manager settings (library use).
+    pub fn empty() -> Config {
+        Config {
+            source: None,
+            manager: ManagerConfig::default(),
+            providers: Vec::new(),
+            pools: Vec::new(),
+            failure_handlers: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::locate::{locate, parse_path};
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, &Registry::with_builtins())
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = EXAMPLE_CONFIG;
+        let c = Config::parse(text, &Registry::with_builtins());
+        assert!(c.is_ok(), "{}", c.unwrap_err());
+    }
+
+    #[test]
+    fn locate_finds_nested_nodes() {
+        let text =
+            "manager:\n  channel_bound: 3\nworkers:\n  - type: noop\n  - type: cli\n    count: x\n";
+        let p = parse_path("workers[1].count");
+        assert_eq!(locate(text, &p), Some((6, 12)));
+        assert_eq!(
+            locate(text, &parse_path("manager.channel_bound")),
+            Some((2, 18))
+        );
+        assert_eq!(locate(text, &parse_path("nothing.here")), None);
+    }
+
+    #[test]
+    fn errors_name_path_and_position() {
+        let e = parse("workers:\n  - type: noop\n    count: 0\n").unwrap_err();
+        assert_eq!(e.path, "workers[0].count");
+        assert_eq!(e.location, Some((3, 12)));
+
+        let e =
+            parse("workers:\n  - type: cli\n    allow: [/bin/echo]\n    bogus: 1\n").unwrap_err();
+        assert_eq!(e.path, "workers[0]");
+        assert!(e.message.contains("unknown field `bogus`"), "{e}");
+        assert_eq!(e.location.map(|l| l.0), Some(4));
+
+        let e = parse("workers:\n  - type: teleport\n").unwrap_err();
+        assert_eq!(e.path, "workers[0].type");
+        assert!(
+            e.message.contains("unknown worker type \"teleport\""),
+            "{e}"
+        );
+
+        let e = parse("manager:\n  shutdown_timeout: soon\n").unwrap_err();
+        assert_eq!(e.path, "manager.shutdown_timeout");
+        assert_eq!(e.location, Some((2, 21)));
+
+        let e = parse("manager:\n  channel_bound: lots\n").unwrap_err();
+        assert_eq!(e.path, "manager.channel_bound");
+        assert_eq!(e.location.map(|l| l.0), Some(2));
+
+        let e = parse("workers: [\n").unwrap_err();
+        assert!(e.location.is_some(), "{e}");
+    }
+}

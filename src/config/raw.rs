@@ -1,0 +1,71 @@
+//! The config as written: serde structs that mirror the YAML. Plugin
+//! entries stay YAML maps here; each family's common keys live with the
+//! family (`crate::plugin`), each type's options with the type.
+
+use crate::backoff::Jitter;
+use serde::{Deserialize, Serialize};
+use serde_yaml::Mapping;
+
+/// The whole file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub(crate) manager: RawManager,
+    #[serde(default)]
+    pub(crate) providers: Vec<Mapping>,
+    #[serde(default)]
+    pub(crate) workers: Vec<Mapping>,
+    #[serde(default)]
+    pub(crate) failure_handlers: Vec<Mapping>,
+}
+
+/// The `manager:` section as written.
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawManager {
+    /// Address of the stats server (/stats, /metrics, /healthz); null turns it off.
+    pub(crate) stats_listen: Option<String>,
+    /// How long running jobs may finish after SIGTERM before they are killed and handed back.
+    pub(crate) shutdown_timeout: String,
+    /// Capacity of the delivery channel from the providers to the manager.
+    pub(crate) channel_bound: usize,
+    /// Retry back-off for every pool that does not set its own.
+    pub(crate) retry: RawRetry,
+    /// Bytes of output kept for jobs with capture_output.
+    pub(crate) capture_limit: usize,
+}
+
+impl Default for RawManager {
+    fn default() -> RawManager {
+        RawManager {
+            stats_listen: Some("127.0.0.1:9090".into()),
+            shutdown_timeout: "30s".into(),
+            channel_bound: 1024,
+            retry: RawRetry::default(),
+            capture_limit: 64 * 1024,
+        }
+    }
+}
+
+/// Retry back-off as written: `{ base: 1s, max: 5m, jitter: full }`.
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawRetry {
+    /// Delay cap of the first retry; doubles each attempt.
+    pub(crate) base: Option<String>,
+    /// Largest delay.
+    pub(crate) max: Option<String>,
+    /// full (uniform 0..cap), equal (cap/2..cap) or none (exactly cap).
+    pub(crate) jitter: Option<Jitter>,
+}
+
+impl Default for RawRetry {
+    fn default() -> RawRetry {
+        RawRetry {
+            base: Some("1s".into()),
+            max: Some("5m".into()),
+            jitter: Some(Jitter::Full),
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! From the config as written to a validated [`Config`]: durations parsed,
+//! cross-checks made, and every plugin entry built by its type through the
+//! registry, one loop for all three families.
+
+use super::locate::{Seg, locate, parse_path, path_text};
+use super::raw::{RawConfig, RawManager};
+use super::{Config, HandlerConfig, ManagerConfig, PoolConfig, ProviderConfig};
+use crate::backoff::{Backoff, Jitter};
+use crate::error::ConfigError;
+use crate::plugin::{Common, Family, NamedCommon, Registry, Table};
+use crate::worker::PoolInfo;
+use serde_yaml::{Mapping, Value};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub(super) struct Parser<'a> {
+    pub(super) text: &'a str,
+    pub(super) registry: &'a Registry,
+}
+
+/// serde's message without serde_yaml's "path: " prefix and " at line X
+/// column Y" suffix (we print both ourselves).
+fn bare_message(e: &serde_yaml::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(i) = s.find(" at line ") {
+        s.truncate(i);
+    }
+    if let Some(loc) = e.location() {
+        let _ = loc; // the position is reported separately
+    }
+    match s.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') && !path.is_empty() => rest.to_string(),
+        _ => s,
+    }
+}
+
+impl Parser<'_> {
+    fn error(&self, path: Vec<Seg>, message: impl Into<String>) -> ConfigError {
+        let message = message.into();
+        let mut path = path;
+        // An unknown key is best located at the key itself.
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next());
+        let location = match unknown {
+            Some(key) => {
+                if path.last() == Some(&Seg::Key(key.to_string())) {
+                    path.pop();
+                }
+                let mut at = path.clone();
+                at.push(Seg::Key(key.to_string()));
+                // Located at its value, which shares the key's line.
+                locate(self.text, &at)
+            }
+            None => locate(self.text, &path),
+        };
+        ConfigError {
+            file: None,
+            path: path_text(&path),
+            location,
+            message,
+        }
+    }
+
+    pub(super) fn parse(&self) -> Result<Config, ConfigError> {
+        if self.text.trim().is_empty() {
+            return Err(ConfigError::at("", "the config is empty"));
+        }
+        let de = serde_yaml::Deserializer::from_str(self.text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = parse_path(&e.path().to_string());
+            let inner = e.into_inner();
+            let location = inner.location().map(|l| (l.line(), l.column()));
+            let mut err = self.error(path, bare_message(&inner));
+            if err.location.is_none() {
+                err.location = location;
+            }
+            err
+        })?;
+        let manager = self.manager(&raw.manager)?;
+        let pools = self.pools(&raw.workers, &manager)?;
+        let providers = self.providers(&raw.providers)?;
+        let failure_handlers = self.handlers(&raw.failure_handlers)?;
+        Ok(Config {
+            source: None,
+            manager,
+            providers,
+            pools,
+            failure_handlers,
+        })
+    }
+
+    fn duration(&self, path: &[&str], v: &str) -> Result<Duration, ConfigError> {
+        let segs = path.iter().map(|k| Seg::Key(k.to_string())).collect();
+        self.duration_at(segs, v)
+    }
+
+    /// Parses a duration written as `250ms`, `30s`, `5m`, …
+    fn duration_at(&self, path: Vec<Seg>, v: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(v).map_err(|e| {
+            self.error(
+                path,
+                format!("invalid duration {v:?}: {e} (write e.g. 250ms, 30s, 5m)"),
+            )
+        })
+    }
+
+    fn manager(&self, raw: &RawManager) -> Result<ManagerConfig, ConfigError> {
+        let stats_listen = match &raw.stats_listen {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| {
+                self.error(
+                    vec![Seg::Key("manager".into()), Seg::Key("stats_listen".into())],
+                    format!("{s:?}: {e}"),
+                )
+            })?),
+        };
+        if raw.channel_bound == 0 {
+            return Err(self.error(
+                vec![Seg::Key("manager".into()), Seg::Key("channel_bound".into())],
+                "must be at least 1",
+            ));
+        }
+        let base = self.duration(
+            &["manager", "retry", "base"],
+            raw.retry.base.as_deref().unwrap_or("1s"),
+        )?;
+        let max = self.duration(
+            &["manager", "retry", "max"],
+            raw.retry.max.as_deref().unwrap_or("5m"),
+        )?;
+        Ok(ManagerConfig {
+            stats_listen,
+            shutdown_timeout: self
+                .duration(&["manager", "shutdown_timeout"], &raw.shutdown_timeout)?,
+            channel_bound: raw.channel_bound,
+            retry: Backoff {
+                base,
+                max,
+                jitter: raw.retry.jitter.unwrap_or(Jitter::Full),
+            },
+            capture_limit: raw.capture_limit,
+        })
+    }
+
+    /// Splits an entry into its family's common keys and the plugin's
+    /// own options.
+    fn split<F: Family>(
+        &self,
+        entry: &Mapping,
+        base: &[Seg],
+    ) -> Result<(F::Common, Value), ConfigError> {
+        let mut common = Mapping::new();
+        let mut rest = Mapping::new();
+        for (k, v) in entry {
+            match k.as_str() {
+                Some(key) if F::COMMON_KEYS.contains(&key) => common.insert(k.clone(), v.clone()),
+                _ => rest.insert(k.clone(), v.clone()),
+            };
+        }
+        if !common.contains_key("type") {
+            return Err(self.error(base.to_vec(), "missing key `type`"));
+        }
+        let c = serde_path_to_error::deserialize(Value::Mapping(common)).map_err(|e| {
+            let mut path = base.to_vec();
+            path.extend(parse_path(&e.path().to_string()));
+            self.error(path, bare_message(e.inner()))
+        })?;
+        Ok((c, Value::Mapping(rest)))
+    }
+
+    /// Validates and builds every entry of one family's section (`key`):
+    /// common keys, unique names where the family wants them, the type's
+    /// options through the registry. `info` checks the common keys and
+    /// makes what building needs.
+    fn entries<F: Family>(
+        &self,
+        key: &str,
+        raw: &[Mapping],
+        table: &Table<F>,
+        mut info: impl FnMut(&F::Common, &[Seg]) -> Result<Box<F::Info>, ConfigError>,
+    ) -> Result<Vec<Built<F>>, ConfigError> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, entry) in raw.iter().enumerate() {
+            let base = vec![Seg::Key(key.into()), Seg::Index(i)];
+            let (common, options) = self.split::<F>(entry, &base)?;
+            let name = common.name().to_string();
+            if F::UNIQUE_NAMES && !names.insert(name.clone()) {
+                return Err(self.error(
+                    at(&base, "name"),
+                    format!("duplicate {} name {name:?}", F::NOUN),
+                ));
+            }
+            let info = info(&common, &base)?;
+            let plugin_type = common.plugin_type();
+            let built = match table.build(plugin_type, options, &*info) {
+                None => {
+                    return Err(self.error(
+                        at(&base, "type"),
+                        format!(
+                            "unknown {} type {plugin_type:?} (known: {})",
+                            F::SECTION.replace('_', " "),
+                            table.types().join(", ")
+                        ),
+                    ));
+                }
+                Some(r) => r.map_err(|e| {
+                    let mut p = base.clone();
+                    p.extend(parse_path(e.path()));
+                    self.error(p, e.message())
+                })?,
+            };
+            out.push(Built {
+                name,
+                common,
+                info,
+                built,
+                path: base,
+            });
+        }
+        Ok(out)
+    }
+
+    fn pools(
+        &self,
+        raw: &[Mapping],
+        manager: &ManagerConfig,
+    ) -> Result<Vec<PoolConfig>, ConfigError> {
+        let pools = self.entries("workers", raw, &self.registry.workers, |c, base| {
+            if c.count == 0 {
+                return Err(self.error(
+                    at(base, "count"),
+                    "must be at least 1 (a pool with no workers runs nothing)",
+                ));
+            }
+            let timeout = match &c.timeout {
+                Some(t) => Some(self.duration_at(at(base, "timeout"), t)?),
+                None => None,
+            };
+            Ok(Box::new(PoolInfo {
+                name: c.name().to_string(),
+                count: c.count,
+                timeout,
+            }))
+        })?;
+        pools
+            .into_iter()
+            .map(|p| {
+                let mut retry = manager.retry;
+                if let Some(r) = &p.common.retry {
+                    let retry_at = at(&p.path, "retry");
+                    if let Some(v) = &r.base {
+                        retry.base = self.duration_at(at(&retry_at, "base"), v)?;
+                    }
+                    if let Some(v) = &r.max {
+                        retry.max = self.duration_at(at(&retry_at, "max"), v)?;
+                    }
+                    retry.jitter = r.jitter.unwrap_or(retry.jitter);
+                }
+                Ok(PoolConfig {
+                    name: p.name,
+                    plugin_type: p.common.plugin_type,
+                    count: p.info.count,
+                    timeout: p.info.timeout,
+                    retry,
+                    spec: p.built,
+                })
+            })
+            .collect()
+    }
+
+    fn providers(&self, raw: &[Mapping]) -> Result<Vec<ProviderConfig>, ConfigError> {
+        let named = |c: &NamedCommon, _: &[Seg]| Ok(Box::<str>::from(c.name()));
+        let built = self.entries("providers", raw, &self.registry.providers, named)?;
+        Ok(built
+            .into_iter()
+            .map(|p| ProviderConfig {
+                name: p.name,
+                plugin_type: p.common.plugin_type,
+                provider: p.built,
+            })
+            .collect())
+    }
+
+    fn handlers(&self, raw: &[Mapping]) -> Result<Vec<HandlerConfig>, ConfigError> {
+        let named = |c: &NamedCommon, _: &[Seg]| Ok(Box::<str>::from(c.name()));
+        let built = self.entries("failure_handlers", raw, &self.registry.handlers, named)?;
+        Ok(built
+            .into_iter()
+            .map(|h| HandlerConfig {
+                name: h.name,
+                plugin_type: h.common.plugin_type,
+                handler: h.built,
+            })
+            .collect())
+    }
+}
+
+/// One entry of a family's section, validated and built.
+struct Built<F: Family> {
+    name: String,
+    common: F::Common,
+    info: Box<F::Info>,
+    built: F::Built,
+    /// Its key path, e.g. `workers[1]`.
+    path: Vec<Seg>,
+}
+
+/// `base` and then `key`.
+fn at(base: &[Seg], key: &str) -> Vec<Seg> {
+    let mut p = base.to_vec();
+    p.push(Seg::Key(key.into()));
+    p
+}
