@@ -463,3 +463,113 @@ fn type_name(root: &Json, p: &Json) -> String {
         _ => base,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{Job, Outcome};
+    use crate::worker::JobContext;
+
+    #[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields, default)]
+    struct EchoOptions {
+        /// Said back. Default: "hi".
+        word: Option<String>,
+    }
+
+    struct Echo(String);
+
+    impl WorkerType for Echo {
+        type Options = EchoOptions;
+        const TYPE: &'static str = "echo";
+        const DESCRIPTION: &'static str = "says a word";
+        fn from_options(o: EchoOptions, pool: &PoolInfo) -> Result<Echo, PluginError> {
+            match o.word.as_deref() {
+                Some("") => Err(PluginError::at("word", "empty")),
+                w => Ok(Echo(format!("{}:{}", pool.name, w.unwrap_or("hi")))),
+            }
+        }
+        fn new_worker(&self) -> Box<dyn Worker> {
+            Box::new(EchoWorker(self.0.clone()))
+        }
+    }
+
+    struct EchoWorker(String);
+
+    impl Worker for EchoWorker {
+        fn run(&mut self, _: &Job, _: &JobContext) -> Outcome {
+            Outcome::success().with_output(Some(self.0.clone()))
+        }
+    }
+
+    fn pool() -> PoolInfo {
+        PoolInfo {
+            name: "p".into(),
+            count: 1,
+            timeout: None,
+        }
+    }
+
+    fn yaml(text: &str) -> serde_yaml::Value {
+        serde_yaml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_registered_type_builds_from_its_options() {
+        let mut r = Registry::new();
+        r.register_worker::<Echo>();
+        assert_eq!(r.workers.types(), ["echo"]);
+        let spec = r.workers.build("echo", yaml("word: yo"), &pool());
+        let spec = spec.expect("registered").expect("valid");
+        let out = spec.new_worker().run(
+            &Job::new("p", serde_json::json!({})),
+            &JobContext::new(None, 10),
+        );
+        assert_eq!(out.output.as_deref(), Some("p:yo"));
+        assert!(r.workers.build("nosuch", yaml("{}"), &pool()).is_none());
+    }
+
+    #[test]
+    fn option_errors_carry_the_key_path() {
+        let mut r = Registry::new();
+        r.register_worker::<Echo>();
+        let err = |text: &str| match r.workers.build("echo", yaml(text), &pool()) {
+            Some(Err(e)) => e,
+            _ => panic!("{text} should fail"),
+        };
+        // From deserializing: serde's path; from the type: the type's path.
+        let e = err("wurd: 1");
+        assert_eq!(e.path(), "wurd");
+        assert!(e.message().contains("unknown field `wurd`"), "{e}");
+        let e = err("word: [1]");
+        assert_eq!(e.path(), "word");
+        assert_eq!(err("word: ''").to_string(), "word: empty");
+    }
+
+    #[test]
+    fn describe_lists_every_family_with_common_keys_first() {
+        let docs = Registry::with_builtins().describe();
+        let sections: Vec<&str> = docs.iter().map(|d| d.section).collect();
+        let first = |s: &str| sections.iter().position(|x| *x == s).unwrap();
+        assert!(first("provider") < first("worker") && first("worker") < first("failure_handler"));
+        assert!(!sections.contains(&"manager"));
+        let cli = docs
+            .iter()
+            .find(|d| d.section == "worker" && d.name == "cli")
+            .unwrap();
+        let keys: Vec<&str> = cli.options.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(&keys[..5], ["count", "name", "retry", "timeout", "type"]);
+        assert!(keys.contains(&"allow"));
+        let redis = docs.iter().find(|d| d.name == "redis").unwrap();
+        let url = redis.options.iter().find(|o| o.key == "url").unwrap();
+        assert_eq!(url.default, "redis://127.0.0.1:6379/0");
+    }
+
+    #[test]
+    fn registering_a_type_again_replaces_it() {
+        let mut r = Registry::with_builtins();
+        let before = r.providers.types().len();
+        r.register_provider::<crate::provider::memory::MemoryType>();
+        assert_eq!(r.providers.types().len(), before);
+    }
+}
