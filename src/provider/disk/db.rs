@@ -415,3 +415,148 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     #[allow(clippy::unnecessary_cast)]
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path, dead_max: u64) -> Store {
+        let s = Store::new(dir.join("q.redb"), Durability::Immediate, dead_max);
+        s.open().unwrap();
+        s
+    }
+
+    fn put(s: &Store, seq: &mut u64, jobs: &[(u64, &str)]) {
+        let jobs = jobs
+            .iter()
+            .map(|(d, j)| (*d, j.as_bytes().to_vec()))
+            .collect();
+        s.commit(&[Change::Put(jobs)], seq).unwrap();
+    }
+
+    fn texts(f: &Fetched) -> Vec<&str> {
+        f.jobs
+            .iter()
+            .map(|(_, j)| std::str::from_utf8(j).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn fetch_takes_due_jobs_in_due_order_up_to_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 0);
+        let mut seq = s.next_seq().unwrap();
+        put(
+            &s,
+            &mut seq,
+            &[(30, "c"), (10, "a"), (20, "b"), (99, "later")],
+        );
+        assert_eq!(s.next_seq().unwrap(), 4);
+        let f = s.fetch(50, 2).unwrap();
+        assert_eq!(texts(&f), ["a", "b"]);
+        assert_eq!(f.next_due, Some(30));
+        let f = s.fetch(50, 10).unwrap();
+        assert_eq!(texts(&f), ["c"]);
+        assert_eq!(f.next_due, Some(99));
+        assert_eq!(s.counts().unwrap(), (1, 3, 0));
+        assert!(s.fetch(50, 10).unwrap().jobs.is_empty());
+    }
+
+    #[test]
+    fn settlements_move_in_flight_jobs_where_they_belong() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 0);
+        let mut seq = 0;
+        put(
+            &s,
+            &mut seq,
+            &[(1, "ack"), (2, "defer"), (3, "dead"), (4, "release")],
+        );
+        let f = s.fetch(10, 10).unwrap();
+        let seqs: Vec<u64> = f.jobs.iter().map(|(q, _)| *q).collect();
+        s.commit(
+            &[
+                Change::Ack(seqs[0]),
+                Change::Defer(seqs[1], 500, b"defer, attempt 2".to_vec()),
+                Change::Dead(seqs[2], b"{\"record\":1}".to_vec()),
+                Change::Release(seqs[3]),
+            ],
+            &mut seq,
+        )
+        .unwrap();
+        assert_eq!(s.counts().unwrap(), (2, 0, 1));
+        assert_eq!(texts(&s.fetch(10, 10).unwrap()), ["release"]);
+        assert_eq!(texts(&s.fetch(500, 10).unwrap()), ["defer, attempt 2"]);
+        assert_eq!(s.dead_list().unwrap(), [b"{\"record\":1}".to_vec()]);
+        // A release of a job no longer in flight changes nothing.
+        s.commit(&[Change::Release(seqs[0])], &mut seq).unwrap();
+        assert_eq!(s.counts().unwrap(), (0, 2, 1));
+    }
+
+    #[test]
+    fn in_flight_jobs_go_back_to_pending_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 0);
+        let mut seq = 0;
+        put(&s, &mut seq, &[(1, "a"), (2, "b")]);
+        assert_eq!(s.fetch(10, 10).unwrap().jobs.len(), 2);
+        s.close();
+        // A new process opens the file: what was in flight runs again.
+        let s = store(dir.path(), 0);
+        assert_eq!(s.recover().unwrap(), 2);
+        assert_eq!(texts(&s.fetch(10, 10).unwrap()), ["a", "b"]);
+        assert_eq!(s.next_seq().unwrap(), 2);
+    }
+
+    #[test]
+    fn dead_letters_are_capped_requeued_and_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 2);
+        let mut seq = 0;
+        put(&s, &mut seq, &[(1, "a"), (2, "b"), (3, "c")]);
+        let f = s.fetch(10, 10).unwrap();
+        for (q, job) in &f.jobs {
+            s.commit(&[Change::Dead(*q, job.clone())], &mut seq)
+                .unwrap();
+        }
+        // Over dead_max the oldest record goes.
+        assert_eq!(s.dead_list().unwrap(), [b"c".to_vec(), b"b".to_vec()]);
+        let moved = s
+            .dead_requeue(&|r| (r == b"b").then(|| b"b again".to_vec()))
+            .unwrap();
+        assert_eq!(moved, 1);
+        assert_eq!(s.dead_list().unwrap(), [b"c".to_vec()]);
+        assert_eq!(texts(&s.fetch(u64::MAX, 10).unwrap()), ["b again"]);
+        assert_eq!(s.dead_purge().unwrap(), 1);
+        assert!(s.dead_list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_queue_or_is_held_is_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.redb");
+        std::fs::write(&path, b"not a database at all, just some bytes").unwrap();
+        let e = Store::new(path, Durability::Immediate, 0)
+            .open()
+            .unwrap_err();
+        assert!(e.contains("cannot open the queue database"), "{e}");
+        assert!(e.contains("move the file away"), "{e}");
+        let other = dir.path().join("held.redb");
+        let held = Store::new(other.clone(), Durability::Immediate, 0);
+        held.open().unwrap();
+        let e = Store::new(other, Durability::Immediate, 0)
+            .open()
+            .unwrap_err();
+        assert!(e.contains("in use by another process"), "{e}");
+    }
+
+    #[test]
+    fn micros_never_panics_and_clamps_nonsense_to_zero() {
+        assert_eq!(micros(1.5), 1_500_000);
+        for bad in [f64::NAN, -1.0, f64::NEG_INFINITY, 0.0] {
+            assert_eq!(micros(bad), 0);
+        }
+        assert_eq!(micros(f64::INFINITY), 0);
+        assert_eq!(micros(1e300), u64::MAX);
+    }
+}
