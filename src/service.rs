@@ -435,3 +435,127 @@ impl RunningService {
         report
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Job;
+    use crate::provider::memory::{MemoryProvider, Settled};
+    use crate::worker::noop::Noop;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A provider that records the calls the service makes on it.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        calls: Arc<Mutex<Vec<&'static str>>>,
+        fail_open: bool,
+        fail_run: bool,
+    }
+
+    impl Provider for Recorder {
+        fn open(&mut self, _: &ProviderContext) -> Result<(), Error> {
+            self.calls.lock().unwrap().push("open");
+            if self.fail_open {
+                return Err(Error::provider("rec", "cannot open"));
+            }
+            Ok(())
+        }
+        fn run(&mut self, ctx: &ProviderContext) -> Result<(), Error> {
+            self.calls.lock().unwrap().push("run");
+            if self.fail_run {
+                return Err(Error::provider("rec", "source gone"));
+            }
+            let _ = ctx.stop_signal().recv();
+            Ok(())
+        }
+        fn finish(&mut self) {
+            self.calls.lock().unwrap().push("finish");
+        }
+    }
+
+    fn builder() -> ServiceBuilder {
+        Service::builder(Config::empty())
+    }
+
+    #[test]
+    fn build_refuses_duplicate_names() {
+        let e = builder()
+            .pool::<Noop>("a", 1, Default::default())
+            .unwrap()
+            .pool::<Noop>("a", 1, Default::default())
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert_eq!(e.to_string(), "duplicate pool name \"a\"");
+        let e = builder()
+            .provider("p", Recorder::default())
+            .provider("p", Recorder::default())
+            .build()
+            .unwrap_err();
+        assert_eq!(e.to_string(), "duplicate provider name \"p\"");
+    }
+
+    #[test]
+    fn a_provider_that_cannot_open_stops_start_up_before_anything_runs() {
+        let ok = Recorder::default();
+        let bad = Recorder {
+            fail_open: true,
+            ..Recorder::default()
+        };
+        let e = builder()
+            .provider("ok", ok.clone())
+            .provider("bad", bad.clone())
+            .build()
+            .unwrap()
+            .start()
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot open"), "{e}");
+        assert_eq!(*ok.calls.lock().unwrap(), ["open"]);
+        assert_eq!(*bad.calls.lock().unwrap(), ["open"]);
+    }
+
+    #[test]
+    fn providers_run_then_finish_after_shutdown() {
+        let rec = Recorder::default();
+        let (memory, handle) = MemoryProvider::new();
+        let service = builder()
+            .provider("rec", rec.clone())
+            .provider("memory", memory)
+            .pool::<Noop>("noop", 2, Default::default())
+            .unwrap()
+            .build()
+            .unwrap()
+            .start()
+            .unwrap();
+        handle
+            .submit(Job::new("noop", serde_json::json!({})))
+            .unwrap();
+        let settled = handle.settled().recv_timeout(Duration::from_secs(30));
+        assert!(matches!(settled, Ok(Settled::Succeeded(_))), "{settled:?}");
+        service.shutdown();
+        let report = service.wait();
+        assert_eq!(report.failed_provider, None);
+        assert_eq!(*rec.calls.lock().unwrap(), ["open", "run", "finish"]);
+    }
+
+    #[test]
+    fn a_provider_failing_while_running_shuts_the_service_down() {
+        let rec = Recorder {
+            fail_run: true,
+            ..Recorder::default()
+        };
+        let service = builder()
+            .provider("rec", rec.clone())
+            .build()
+            .unwrap()
+            .start()
+            .unwrap();
+        let health = service.health();
+        let report = service.wait();
+        assert_eq!(report.failed_provider.as_deref(), Some("rec"));
+        assert!(!health[0].is_up());
+        assert!(health[0].reason().contains("source gone"));
+        assert_eq!(*rec.calls.lock().unwrap(), ["open", "run", "finish"]);
+    }
+}
