@@ -35,9 +35,9 @@ pub struct Backoff {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RetryOverride {
     /// Delay cap of the first retry.
-    pub(crate) base: Option<String>,
+    pub(crate) base: Option<crate::duration::Written>,
     /// Largest delay.
-    pub(crate) max: Option<String>,
+    pub(crate) max: Option<crate::duration::Written>,
     /// full, equal or none.
     pub(crate) jitter: Option<Jitter>,
 }

@@ -42,6 +42,7 @@
 pub mod app;
 mod backoff;
 mod config;
+mod duration;
 mod error;
 mod failure;
 mod job;

@@ -5,9 +5,12 @@
 //!   durations are `Duration`s and every plugin entry has been built by its
 //!   type (after `Config::load` no code sees "30s");
 //! - [`locate`]: where a key path is in the text, so every error names the
-//!   file, the key path, and the line and column.
+//!   file, the key path, and the line and column;
+//! - [`plain`]: serde's messages in an operator's words, with a
+//!   did-you-mean for unknown keys.
 
 mod locate;
+mod plain;
 pub(crate) mod raw;
 mod validate;
 
@@ -270,7 +273,7 @@ mod tests {
         let e =
             parse("workers:\n  - type: cli\n    allow: [/bin/echo]\n    bogus: 1\n").unwrap_err();
         assert_eq!(e.path, "workers[0]");
-        assert!(e.message.contains("unknown field `bogus`"), "{e}");
+        assert!(e.message.contains("unknown key `bogus`"), "{e}");
         assert_eq!(e.location.map(|l| l.0), Some(4));
 
         let e = parse("workers:\n  - type: teleport\n").unwrap_err();
@@ -287,6 +290,10 @@ mod tests {
         let e = parse("manager:\n  channel_bound: lots\n").unwrap_err();
         assert_eq!(e.path, "manager.channel_bound");
         assert_eq!(e.location.map(|l| l.0), Some(2));
+
+        // One rule for durations: a bare number is seconds.
+        let c = parse("manager:\n  shutdown_timeout: 2.5\n").unwrap();
+        assert_eq!(c.manager.shutdown_timeout, Duration::from_millis(2500));
 
         let e = parse("workers: [\n").unwrap_err();
         assert!(e.location.is_some(), "{e}");

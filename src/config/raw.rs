@@ -3,6 +3,7 @@
 //! family (`crate::plugin`), each type's options with the type.
 
 use crate::backoff::Jitter;
+use crate::duration::Written;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Mapping;
 
@@ -27,7 +28,7 @@ pub(crate) struct RawManager {
     /// Address of the stats server (/stats, /metrics, /healthz); null turns it off.
     pub(crate) stats_listen: Option<String>,
     /// How long running jobs may finish after SIGTERM before they are killed and handed back.
-    pub(crate) shutdown_timeout: String,
+    pub(crate) shutdown_timeout: Written,
     /// Capacity of the delivery channel from the providers to the manager.
     pub(crate) channel_bound: usize,
     /// Retry back-off for every pool that does not set its own.
@@ -53,9 +54,9 @@ impl Default for RawManager {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawRetry {
     /// Delay cap of the first retry; doubles each attempt.
-    pub(crate) base: Option<String>,
+    pub(crate) base: Option<Written>,
     /// Largest delay.
-    pub(crate) max: Option<String>,
+    pub(crate) max: Option<Written>,
     /// full (uniform 0..cap), equal (cap/2..cap) or none (exactly cap).
     pub(crate) jitter: Option<Jitter>,
 }

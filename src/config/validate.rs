@@ -3,9 +3,11 @@
 //! registry, one loop for all three families.
 
 use super::locate::{Seg, locate, parse_path, path_text};
+use super::plain::plain;
 use super::raw::{RawConfig, RawManager};
 use super::{Config, HandlerConfig, ManagerConfig, PoolConfig, ProviderConfig};
-use crate::backoff::{Backoff, Jitter};
+use crate::backoff::Backoff;
+use crate::duration::Written;
 use crate::error::ConfigError;
 use crate::plugin::{Common, Family, NamedCommon, Registry, Table};
 use crate::worker::PoolInfo;
@@ -37,8 +39,24 @@ fn bare_message(e: &serde_yaml::Error) -> String {
 
 impl Parser<'_> {
     fn error(&self, path: Vec<Seg>, message: impl Into<String>) -> ConfigError {
+        self.error_with_keys(path, message, &[])
+    }
+
+    /// An error at `path`, located in the text and put in plain words;
+    /// `extra_keys` are valid there besides those serde lists (a plugin
+    /// entry's common keys), for the did-you-mean of an unknown key.
+    fn error_with_keys(
+        &self,
+        path: Vec<Seg>,
+        message: impl Into<String>,
+        extra_keys: &[&str],
+    ) -> ConfigError {
         let message = message.into();
-        let mut path = path;
+        // serde_path_to_error's "?" is a node it could not name.
+        let mut path: Vec<Seg> = path
+            .into_iter()
+            .filter(|s| *s != Seg::Key("?".into()))
+            .collect();
         // An unknown key is best located at the key itself.
         let unknown = message
             .strip_prefix("unknown field `")
@@ -55,6 +73,14 @@ impl Parser<'_> {
             }
             None => locate(self.text, &path),
         };
+        let key = match message.strip_prefix("unknown field `") {
+            Some(_) => None,
+            None => path.iter().rev().find_map(|s| match s {
+                Seg::Key(k) => Some(k.as_str()),
+                Seg::Index(_) => None,
+            }),
+        };
+        let message = plain(&message, key, extra_keys);
         ConfigError {
             file: None,
             path: path_text(&path),
@@ -70,11 +96,18 @@ impl Parser<'_> {
         let de = serde_yaml::Deserializer::from_str(self.text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = parse_path(&e.path().to_string());
+            // Where the parser stopped is the best place to point at
+            // (for a mis-indented line, that line, not its block's start).
+            // An unknown key is located at the key itself (in `error`).
             let inner = e.into_inner();
-            let location = inner.location().map(|l| (l.line(), l.column()));
-            let mut err = self.error(path, bare_message(&inner));
-            if err.location.is_none() {
-                err.location = location;
+            let message = bare_message(&inner);
+            let unknown = message.starts_with("unknown field");
+            let mut err = self.error(path, message);
+            match inner.location() {
+                Some(l) if !unknown || err.location.is_none() => {
+                    err.location = Some((l.line(), l.column()));
+                }
+                _ => {}
             }
             err
         })?;
@@ -91,19 +124,14 @@ impl Parser<'_> {
         })
     }
 
-    fn duration(&self, path: &[&str], v: &str) -> Result<Duration, ConfigError> {
+    fn duration(&self, path: &[&str], v: &Written) -> Result<Duration, ConfigError> {
         let segs = path.iter().map(|k| Seg::Key(k.to_string())).collect();
         self.duration_at(segs, v)
     }
 
-    /// Parses a duration written as `250ms`, `30s`, `5m`, …
-    fn duration_at(&self, path: Vec<Seg>, v: &str) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(v).map_err(|e| {
-            self.error(
-                path,
-                format!("invalid duration {v:?}: {e} (write e.g. 250ms, 30s, 5m)"),
-            )
-        })
+    /// Parses a duration: a number of seconds, or `250ms`, `30s`, `5m`, …
+    fn duration_at(&self, path: Vec<Seg>, v: &Written) -> Result<Duration, ConfigError> {
+        v.parse().map_err(|e| self.error(path, e))
     }
 
     fn manager(&self, raw: &RawManager) -> Result<ManagerConfig, ConfigError> {
@@ -123,14 +151,15 @@ impl Parser<'_> {
                 "must be at least 1",
             ));
         }
-        let base = self.duration(
-            &["manager", "retry", "base"],
-            raw.retry.base.as_deref().unwrap_or("1s"),
-        )?;
-        let max = self.duration(
-            &["manager", "retry", "max"],
-            raw.retry.max.as_deref().unwrap_or("5m"),
-        )?;
+        let defaults = Backoff::default();
+        let base = match &raw.retry.base {
+            Some(v) => self.duration(&["manager", "retry", "base"], v)?,
+            None => defaults.base,
+        };
+        let max = match &raw.retry.max {
+            Some(v) => self.duration(&["manager", "retry", "max"], v)?,
+            None => defaults.max,
+        };
         Ok(ManagerConfig {
             stats_listen,
             shutdown_timeout: self
@@ -139,7 +168,7 @@ impl Parser<'_> {
             retry: Backoff {
                 base,
                 max,
-                jitter: raw.retry.jitter.unwrap_or(Jitter::Full),
+                jitter: raw.retry.jitter.unwrap_or(defaults.jitter),
             },
             capture_limit: raw.capture_limit,
         })
@@ -210,7 +239,7 @@ impl Parser<'_> {
                 Some(r) => r.map_err(|e| {
                     let mut p = base.clone();
                     p.extend(parse_path(e.path()));
-                    self.error(p, e.message())
+                    self.error_with_keys(p, e.message(), F::COMMON_KEYS)
                 })?,
             };
             out.push(Built {

@@ -438,17 +438,40 @@ fn check_reports_broken_configs_with_file_path_and_position() {
         (
             "invalid-yaml.yaml",
             "workers:\n  - type: noop\n   count: 2\n",
-            vec!["invalid-yaml.yaml:", "did not find expected"],
+            // The mis-indented line itself, not its block's start.
+            vec!["invalid-yaml.yaml:3:4: workers", "did not find expected"],
         ),
         (
             "unknown-key.yaml",
             "manager:\n  stats_listen: null\n  colour: blue\n",
-            vec!["unknown-key.yaml:3:11: manager", "unknown field `colour`"],
+            vec![
+                "unknown-key.yaml:3:11: manager",
+                "unknown key `colour`; valid keys:",
+            ],
         ),
         (
             "wrong-type.yaml",
             "workers:\n  - type: noop\n    count: many\n",
-            vec!["wrong-type.yaml:3:12: workers[0].count", "invalid type"],
+            vec![
+                "wrong-type.yaml:3:12: workers[0].count",
+                "\"many\": expected a whole number ≥ 1",
+            ],
+        ),
+        (
+            "misspelt-key.yaml",
+            "workers:\n  - type: cli\n    cout: 4\n",
+            vec![
+                "misspelt-key.yaml:3:11: workers[0]",
+                "unknown key `cout`; did you mean `count`?",
+            ],
+        ),
+        (
+            "quoted-seconds.yaml",
+            "manager:\n  shutdown_timeout: \"30\"\n",
+            vec![
+                "quoted-seconds.yaml:2:21: manager.shutdown_timeout",
+                "needs a unit, such as \"30s\"",
+            ],
         ),
         (
             "unknown-worker.yaml",
@@ -466,7 +489,10 @@ fn check_reports_broken_configs_with_file_path_and_position() {
         (
             "bad-option.yaml",
             "workers:\n  - type: cli\n    allow: echo\n",
-            vec!["bad-option.yaml:3:12: workers[0].allow", "invalid type"],
+            vec![
+                "bad-option.yaml:3:12: workers[0].allow",
+                "\"echo\": expected a list",
+            ],
         ),
     ];
     for (file, text, wants) in cases {
