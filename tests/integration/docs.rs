@@ -1,9 +1,10 @@
 //! The documents under docs/ are the contract, so they are tested like code:
 //!
 //! - `docs/job.schema.json` accepts every JSON job example in README.md and
-//!   docs/*.md, rejects what the job parser rejects, and accepts the jobs
-//!   goworker really stores again (a deferred retry, a dead letter's job) in
-//!   the `disk` queue and in Redis, written by the real binary.
+//!   docs/*.md (and the job inside each dead-letter example), rejects what
+//!   the job parser rejects, and accepts the jobs goworker really stores
+//!   again (a deferred retry, a dead letter's job) in the `disk` queue and
+//!   in Redis, written by the real binary.
 //! - Every option `goworker options` prints has a row in
 //!   docs/configuration.md with the same default.
 //! - Links between the documents resolve, the README links every document
@@ -107,10 +108,21 @@ fn every_json_job_example_in_the_readme_and_docs_validates() {
     let http = definition("httpParams");
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for file in documents() {
-        let name = file.strip_prefix(repo()).unwrap_or(&file).display().to_string();
+        let name = file
+            .strip_prefix(repo())
+            .unwrap_or(&file)
+            .display()
+            .to_string();
         for (line, body) in fenced(&read(&file), "json") {
             let at = format!("{name}:{line}");
-            for value in json_values(&body, &at) {
+            let values = json_values(&body, &at);
+            // Jobs, and the jobs inside dead-letter records.
+            let nested = values
+                .iter()
+                .filter_map(|v| v.get("job"))
+                .filter(|j| j.is_object());
+            let candidates: Vec<Value> = values.iter().chain(nested).cloned().collect();
+            for value in candidates {
                 let Some(kind) = value.get("type").and_then(Value::as_str) else {
                     continue;
                 };
@@ -128,7 +140,10 @@ fn every_json_job_example_in_the_readme_and_docs_validates() {
     }
     // Not vacuous: the docs show jobs of each built-in worker type.
     for kind in ["cli", "http", "noop"] {
-        assert!(seen.contains_key(kind), "no ```json job of type {kind}: {seen:?}");
+        assert!(
+            seen.contains_key(kind),
+            "no ```json job of type {kind}: {seen:?}"
+        );
     }
     assert!(seen.values().sum::<usize>() >= 6, "{seen:?}");
 }
@@ -139,13 +154,19 @@ fn the_schema_rejects_what_the_job_parser_rejects() {
     // (payload, whether it is a job)
     let cases = [
         (json!({"type": "noop"}), true),
-        (json!({"type": "cli", "id": "a", "name": "n", "params": {"command": "echo"},
+        (
+            json!({"type": "cli", "id": "a", "name": "n", "params": {"command": "echo"},
                 "retries": 4_294_967_295u64, "capture_output": true, "timeout": "1m 30s",
                 "run_at": 1.7e9, "attempts": 2, "first_attempt_at": 1.7e9,
-                "last_error": "exit status 1", "anything": {"else": [1, 2]}}), true),
+                "last_error": "exit status 1", "anything": {"else": [1, 2]}}),
+            true,
+        ),
         (json!({"type": "noop", "timeout": 2.5}), true),
         (json!({"type": "noop", "timeout": "250ms"}), true),
-        (json!({"type": "noop", "timeout": null, "run_at": null, "params": null}), true),
+        (
+            json!({"type": "noop", "timeout": null, "run_at": null, "params": null}),
+            true,
+        ),
         (json!({"type": "noop", "params": 5}), true),
         (json!({"params": {}}), false),
         (json!({"type": ""}), false),
@@ -219,7 +240,10 @@ fn check_stored(dead: &Value, waiting: &Value) {
     assert_eq!(job["name"], "dies", "{dead}");
     assert_eq!(job["attempts"], 2, "{dead}");
     assert_eq!(job["last_error"], "exit status 1", "{dead}");
-    assert_eq!(job["trace"]["origin"], "docs test", "unknown fields are kept: {dead}");
+    assert_eq!(
+        job["trace"]["origin"], "docs test",
+        "unknown fields are kept: {dead}"
+    );
     assert_eq!(dead["id"], job["id"], "{dead}");
     assert_eq!(dead["attempts"], 2, "{dead}");
     assert!(dead["failed_at"].is_number(), "{dead}");
@@ -262,11 +286,19 @@ fn jobs_the_disk_queue_stores_validate() {
     let mut g = Goworker::start(d, &cfg);
     wait_for_failures(&g);
     g.sigterm();
-    assert_eq!(g.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0), "{}", g.log_text());
+    assert_eq!(
+        g.wait_exit(PATIENCE).and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        g.log_text()
+    );
 
     let (code, out, err) = goworker(&["dead", "-c", "config.yaml", "list"], d);
     assert_eq!(code, 0, "{err}");
-    let dead: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let dead: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(dead.len(), 1, "{out}");
 
     // The `pending` table, as docs/disk.md lays it out: the retry waits
@@ -333,7 +365,11 @@ fn printed_options() -> BTreeMap<(String, String), BTreeMap<String, String>> {
             described = true; // the type's one-line description
             continue;
         }
-        let key = line.split_whitespace().next().unwrap_or_default().to_string();
+        let key = line
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let default = line
             .split_once("  default: ")
             .and_then(|(_, rest)| rest.split("  ").next())
@@ -537,7 +573,11 @@ fn nothing_in_the_repository_refers_outside_it() {
             };
             files += 1;
             for needle in &outside {
-                assert!(!text.contains(needle.as_str()), "{} mentions {needle}", path.display());
+                assert!(
+                    !text.contains(needle.as_str()),
+                    "{} mentions {needle}",
+                    path.display()
+                );
             }
         }
     }
