@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// One unit of work, as producers write it (see DESIGN.md, "Job format").
+/// One unit of work, as producers write it (docs/jobs.md, docs/job.schema.json).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     /// Unique, time-sortable id; assigned by [`Job::parse`] when absent.
@@ -264,7 +264,7 @@ pub struct Report {
     pub error: Option<String>,
 }
 
-/// The dead-letter record (DESIGN.md, "Failure").
+/// The dead-letter record (docs/jobs.md, "Dead letters").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureRecord {
     /// The job id (absent for a payload that was never a job).

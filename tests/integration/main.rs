@@ -1,11 +1,12 @@
-//! One integration test binary (see STYLE.md): real processes, real
-//! signals, real sockets, a real redis-server.
+//! One integration test binary (see docs/development.md): real processes,
+//! real signals, real sockets, a real redis-server.
 
 mod util;
 
 mod core;
 mod custom_provider;
 mod disk;
+mod docs;
 mod http;
 mod httpworker;
 mod redis;

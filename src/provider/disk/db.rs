@@ -18,7 +18,7 @@ use std::sync::Mutex;
 const PENDING: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("pending");
 /// Jobs handed to the manager: sequence → (due, job JSON).
 const IN_FLIGHT: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("in_flight");
-/// Dead letters (DESIGN.md's record), by (failed at in µs, sequence).
+/// Dead letters (the record of docs/jobs.md), by (failed at in µs, sequence).
 const DEAD: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dead");
 /// `next_seq`: the next job sequence number.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -1,4 +1,4 @@
-//! The key layout beside each queue `Q` (DESIGN.md, "Redis provider").
+//! The key layout beside each queue `Q` (docs/redis.md, "Key layout").
 
 use super::options::Settings;
 

@@ -3,7 +3,7 @@
 //! of them loses a job when it dies.
 //!
 //! - [`options`]: the YAML options and their validation.
-//! - [`keys`]: the key layout beside each queue (DESIGN.md).
+//! - [`keys`]: the key layout beside each queue (docs/redis.md).
 //! - [`scripts`]: the Lua scripts (batch fetch, recovery, promotion).
 //! - [`conn`]: the r2d2 pool and reconnect back-off.
 //! - [`fetch`]: the fetch loop on the provider's thread.
