@@ -15,7 +15,7 @@ use crate::registry::{Registry, WorkerSpec};
 use crate::worker::PoolInfo;
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -253,7 +253,14 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// Failure handlers in config order.
     pub failure_handlers: Vec<HandlerConfig>,
+    /// Names of the environment variables that hold secrets: the values of
+    /// every `*_env` option anywhere in the config. They are removed from
+    /// the environment of every child process (`cli` worker and handler).
+    pub secret_env: SecretEnv,
 }
+
+/// A set of environment variable names kept from child processes.
+pub type SecretEnv = Arc<BTreeSet<String>>;
 
 impl Config {
     /// Reads and validates a config file.
@@ -291,6 +298,7 @@ impl Config {
             providers: Vec::new(),
             pools: Vec::new(),
             failure_handlers: Vec::new(),
+            secret_env: SecretEnv::default(),
         }
     }
 }
@@ -402,16 +410,18 @@ impl Parser<'_> {
             }
             err
         })?;
+        let secret_env = secret_env_names(&raw);
         let manager = self.manager(&raw.manager)?;
-        let pools = self.pools(&raw.workers, &manager)?;
+        let pools = self.pools(&raw.workers, &manager, &secret_env)?;
         let providers = self.providers(&raw.providers)?;
-        let failure_handlers = self.handlers(&raw.failure_handlers)?;
+        let failure_handlers = self.handlers(&raw.failure_handlers, &secret_env)?;
         Ok(Config {
             source: None,
             manager,
             providers,
             pools,
             failure_handlers,
+            secret_env,
         })
     }
 
@@ -512,6 +522,7 @@ impl Parser<'_> {
         &self,
         raw: &[Mapping],
         manager: &ManagerConfig,
+        secret_env: &SecretEnv,
     ) -> Result<Vec<PoolConfig>, ConfigError> {
         let keys = ["type", "name", "count", "timeout", "retry"];
         let mut names = HashSet::new();
@@ -561,6 +572,7 @@ impl Parser<'_> {
                 name: name.clone(),
                 count: c.count,
                 timeout,
+                secret_env: secret_env.clone(),
             };
             let spec = match self.registry.build_worker(&c.kind, rest, &info) {
                 None => {
@@ -617,13 +629,17 @@ impl Parser<'_> {
         Ok(out)
     }
 
-    fn handlers(&self, raw: &[Mapping]) -> Result<Vec<HandlerConfig>, ConfigError> {
+    fn handlers(
+        &self,
+        raw: &[Mapping],
+        secret_env: &SecretEnv,
+    ) -> Result<Vec<HandlerConfig>, ConfigError> {
         let mut out = Vec::new();
         for (i, entry) in raw.iter().enumerate() {
             let base = vec![Seg::Key("failure_handlers".into()), Seg::Index(i)];
             let (c, rest): (RawNamedCommon, Value) = self.split(entry, &["type", "name"], &base)?;
             let name = c.name.unwrap_or_else(|| c.kind.clone());
-            let handler = match self.registry.build_handler(&c.kind, &name, rest) {
+            let mut handler = match self.registry.build_handler(&c.kind, &name, rest) {
                 None => {
                     return Err(self.unknown_type(
                         &base,
@@ -634,6 +650,7 @@ impl Parser<'_> {
                 }
                 Some(r) => r.map_err(|e| self.options_error(&base, e))?,
             };
+            handler.hide_env(secret_env);
             out.push(HandlerConfig {
                 name,
                 kind: c.kind,
@@ -642,6 +659,60 @@ impl Parser<'_> {
         }
         Ok(out)
     }
+}
+
+/// Options named `*_env` that do not name a secret variable.
+const NOT_SECRET: [&str; 2] = ["inherit_env", "allow_env"];
+
+/// The variables named by any `*_env` option anywhere in the config
+/// (`token_env`, `password_env`, ...): a string, or the strings of a list
+/// or map. Collected from the raw YAML, so a plugin added later is covered
+/// without naming its options here.
+fn secret_env_names(raw: &RawConfig) -> SecretEnv {
+    fn walk_map(m: &Mapping, out: &mut BTreeSet<String>) {
+        for (k, v) in m {
+            let secret = k
+                .as_str()
+                .is_some_and(|k| k.ends_with("_env") && !NOT_SECRET.contains(&k));
+            if secret {
+                names(v, out);
+            } else {
+                walk(v, out);
+            }
+        }
+    }
+    fn walk(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Mapping(m) => walk_map(m, out),
+            Value::Sequence(s) => s.iter().for_each(|v| walk(v, out)),
+            Value::Tagged(t) => walk(&t.value, out),
+            _ => {}
+        }
+    }
+    fn names(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::String(s) if !s.is_empty() => {
+                out.insert(s.clone());
+            }
+            Value::Sequence(s) => s.iter().for_each(|v| names(v, out)),
+            Value::Mapping(m) => m.values().for_each(|v| names(v, out)),
+            Value::Tagged(t) => names(&t.value, out),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    if let Ok(manager) = serde_yaml::to_value(&raw.manager) {
+        walk(&manager, &mut out);
+    }
+    for m in raw
+        .providers
+        .iter()
+        .chain(&raw.workers)
+        .chain(&raw.failure_handlers)
+    {
+        walk_map(m, &mut out);
+    }
+    Arc::new(out)
 }
 
 /// Finds the line and column of the node at `path` in YAML `text`.
@@ -850,5 +921,28 @@ mod tests {
 
         let e = parse("workers: [\n").unwrap_err();
         assert!(e.location.is_some(), "{e}");
+    }
+
+    #[test]
+    fn every_env_option_names_a_secret() {
+        let c = parse(
+            "manager: { stats_listen: null }\n\
+             providers:\n  - type: http\n    listen: 127.0.0.1:1\n    token_env: API_TOKEN\n\
+             \x20 - type: redis\n    url: redis://127.0.0.1:1/\n    password_env: REDIS_PW\n\
+             workers:\n  - type: cli\n    allow: [echo]\n    allow_env: [OMP_THREADS]\n    inherit_env: all\n\
+             failure_handlers:\n  - type: cli\n    command: cat\n    inherit_env: true\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = c.secret_env.iter().map(String::as_str).collect();
+        assert_eq!(names, ["API_TOKEN", "REDIS_PW"]);
+
+        // Any future option named *_env, at any depth, as a string, list or map.
+        let raw: RawConfig = serde_yaml::from_str(
+            "providers:\n  - type: x\n    nested: { webhook_secret_env: HOOK, deeper: [{ key_env: [K1, K2] }] }\n\
+             failure_handlers:\n  - type: y\n    headers_env: { Authorization: AUTH_VAR }\n",
+        )
+        .unwrap();
+        let names: Vec<String> = secret_env_names(&raw).iter().cloned().collect();
+        assert_eq!(names, ["AUTH_VAR", "HOOK", "K1", "K2"]);
     }
 }

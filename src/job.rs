@@ -339,7 +339,12 @@ impl FailureRecord {
     }
 }
 
-/// `timeout` as a humantime string ("30s") or a number of seconds.
+/// The longest `timeout` a job may ask for; a job asking for more is
+/// malformed. (Pools cap it further, e.g. the `cli` worker's `max_timeout`.)
+pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `timeout` as a humantime string ("30s") or a number of seconds, at most
+/// [`MAX_JOB_TIMEOUT`].
 mod duration_opt {
     use super::*;
 
@@ -354,22 +359,30 @@ mod duration_opt {
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         use serde::de::Error;
-        match Option::<Value>::deserialize(d)? {
-            None | Some(Value::Null) => Ok(None),
+        let d = match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => return Ok(None),
             Some(Value::String(s)) => humantime::parse_duration(&s)
-                .map(Some)
-                .map_err(|e| D::Error::custom(format!("timeout {s:?}: {e}"))),
+                .map_err(|e| D::Error::custom(format!("timeout {s:?}: {e}")))?,
             Some(Value::Number(n)) => n
                 .as_f64()
                 .and_then(|f| Duration::try_from_secs_f64(f).ok())
-                .map(Some)
                 .ok_or_else(|| {
                     D::Error::custom(format!("timeout {n}: not a valid number of seconds"))
-                }),
-            Some(other) => Err(D::Error::custom(format!(
-                "timeout: expected a string like \"30s\", got {other}"
-            ))),
+                })?,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "timeout: expected a string like \"30s\", got {other}"
+                )));
+            }
+        };
+        if d > MAX_JOB_TIMEOUT {
+            return Err(D::Error::custom(format!(
+                "timeout {}: longer than the {} a job may ask for",
+                humantime::format_duration(d),
+                humantime::format_duration(MAX_JOB_TIMEOUT)
+            )));
         }
+        Ok(Some(d))
     }
 }
 

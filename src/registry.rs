@@ -328,6 +328,15 @@ fn type_name(root: &Json, p: &Json) -> String {
     }
     for key in ["anyOf", "oneOf"] {
         if let Some(alts) = p.get(key).and_then(Json::as_array) {
+            // An enum whose variants have doc comments: one `const` each.
+            let consts: Vec<String> = alts
+                .iter()
+                .filter_map(|a| a.get("const"))
+                .map(default_text)
+                .collect();
+            if !consts.is_empty() && consts.len() == alts.len() {
+                return format!("one of {}", consts.join("|"));
+            }
             let names: Vec<String> = alts
                 .iter()
                 .map(|a| type_name(root, a))

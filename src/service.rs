@@ -60,6 +60,7 @@ impl ServiceBuilder {
             name: name.to_string(),
             count,
             timeout: None,
+            secret_env: self.config.secret_env.clone(),
         };
         let spec: Arc<dyn WorkerSpec> =
             Arc::new(T::from_options(options, &info).map_err(Error::Other)?);
