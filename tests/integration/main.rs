@@ -3,6 +3,7 @@
 
 mod util;
 
+mod cli;
 mod core;
 mod disk;
 mod http;
