@@ -945,4 +945,42 @@ mod tests {
         let names: Vec<String> = secret_env_names(&raw).iter().cloned().collect();
         assert_eq!(names, ["AUTH_VAR", "HOOK", "K1", "K2"]);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn duration_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                ".{0,24}",
+                "[0-9]{1,30} ?(ns|us|ms|s|m|h|d|w|M|y|days|years)",
+                any::<u64>().prop_map(|n| format!("{n}y {n}d {n}s")),
+                any::<f64>().prop_map(|f| format!("{f}s")),
+            ]
+        }
+
+        proptest! {
+            /// Every duration a config holds is parsed without panicking:
+            /// a value is accepted or refused with a message.
+            #[test]
+            fn durations_never_panic(
+                shutdown in duration_text(),
+                base in duration_text(),
+                max in duration_text(),
+                timeout in duration_text(),
+                max_timeout in duration_text(),
+                pool_base in duration_text(),
+            ) {
+                let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+                let text = format!(
+                    "manager:\n  stats_listen: null\n  shutdown_timeout: {}\n  retry: {{ base: {}, max: {} }}\n\
+                     workers:\n  - type: cli\n    allow: [echo]\n    timeout: {}\n    max_timeout: {}\n    retry: {{ base: {} }}\n",
+                    q(&shutdown), q(&base), q(&max), q(&timeout), q(&max_timeout), q(&pool_base),
+                );
+                if let Err(e) = parse(&text) {
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
+    }
 }

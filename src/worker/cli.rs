@@ -1049,4 +1049,55 @@ mod tests {
         }
         assert!(!group_alive(pgid), "a process of the group survived");
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Any job timeout, pool timeout and max_timeout: refused or
+            /// run, never a panic, and never a wait past max_timeout.
+            #[test]
+            fn timeouts_never_panic(
+                job_secs in any::<u64>(),
+                job_nanos in 0u32..1_000_000_000,
+                pool_ms in proptest::option::of(any::<u64>()),
+                max in proptest::option::of(prop_oneof![
+                    ".{0,12}",
+                    "[0-9]{1,25}(ms|s|h|y)",
+                ]),
+            ) {
+                let o = CliOptions {
+                    allow: vec!["true".into()],
+                    max_timeout: max,
+                    ..CliOptions::default()
+                };
+                let pool_timeout = pool_ms.map(Duration::from_millis);
+                let Ok(cli) = Cli::from_options(o, &pool(pool_timeout, &[])) else {
+                    return Ok(());
+                };
+                let mut w = cli.new_worker();
+                let mut j = job(json!({"command": "true"}), false);
+                j.timeout = Some(Duration::new(job_secs, job_nanos));
+                let out = w.run(&j, &JobContext::new(j.timeout.or(pool_timeout), 64));
+                if let Err(f) = &out.result {
+                    prop_assert!(
+                        f.message.starts_with("timeout ") || f.message.starts_with("timed out"),
+                        "{f:?}"
+                    );
+                }
+            }
+
+            #[test]
+            fn allow_env_names_never_panic(names in prop::collection::vec(".{0,12}", 0..5)) {
+                let o = CliOptions {
+                    allow_env: names,
+                    ..CliOptions::default()
+                };
+                let _ = Cli::from_options(o, &pool(None, &[]));
+            }
+        }
+    }
 }
