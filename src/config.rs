@@ -100,7 +100,7 @@ pub(crate) struct RawPoolCommon {
     /// Threads in the pool, each with its own worker.
     #[serde(default = "one")]
     pub(crate) count: usize,
-    /// Default per-attempt time limit (e.g. 60s); a job's timeout overrides it. Default: none.
+    /// Default per-attempt time limit (e.g. 60s, at most 365 days); a job's timeout overrides it. Default: none.
     #[serde(default)]
     pub(crate) timeout: Option<String>,
     /// Retry back-off for this pool; unset keys come from manager.retry.
@@ -554,6 +554,10 @@ impl Parser<'_> {
                 })?),
                 None => None,
             };
+            if timeout.is_some_and(|t| t > crate::job::MAX_JOB_TIMEOUT) {
+                // Workers add it to clocks; a job cannot ask for more either.
+                return Err(self.error(at("timeout"), "at most 365 days"));
+            }
             let mut retry = manager.retry;
             if let Some(r) = &c.retry {
                 let dur = |k: &str, v: &Option<String>, d: Duration| match v {
@@ -910,6 +914,10 @@ mod tests {
             e.message.contains("unknown worker type \"teleport\""),
             "{e}"
         );
+
+        let e = parse("workers:\n  - type: noop\n    timeout: 400days\n").unwrap_err();
+        assert_eq!(e.path, "workers[0].timeout");
+        assert_eq!(e.message, "at most 365 days");
 
         let e = parse("manager:\n  shutdown_timeout: soon\n").unwrap_err();
         assert_eq!(e.path, "manager.shutdown_timeout");

@@ -618,7 +618,9 @@ impl Loop {
             self.m.shutdown_timeout
         );
         self.state = State::Draining {
-            deadline: Instant::now() + self.m.shutdown_timeout,
+            deadline: Instant::now()
+                .checked_add(self.m.shutdown_timeout)
+                .unwrap_or_else(|| Instant::now() + FAR_FUTURE),
         };
         self.m.stopping.store(true, Ordering::Release);
         self.m.stop_signal = None;
