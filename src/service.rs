@@ -75,12 +75,14 @@ impl ServiceBuilder {
         Ok(self)
     }
 
-    /// Adds a failure handler.
+    /// Adds a failure handler (told the config's secret variables, see
+    /// [`FailureHandler::hide_env`]).
     pub fn failure_handler(
         mut self,
         name: &str,
-        handler: impl FailureHandler + 'static,
+        mut handler: impl FailureHandler + 'static,
     ) -> ServiceBuilder {
+        handler.hide_env(&self.config.secret_env);
         self.config
             .failure_handlers
             .push(crate::config::HandlerConfig {
