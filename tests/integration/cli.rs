@@ -1,9 +1,11 @@
-//! The `cli` worker's limits (issue 10), against real `goworker`
+//! The `cli` worker's limits, against real `goworker`
 //! processes over real HTTP, and in process where a custom worker is
 //! needed: secrets never reach a child, a job's env and timeout stay within
 //! what its pool allows, a panicking worker leaves no process behind.
 
-use crate::util::{Goworker, PATIENCE, agent, free_port, goworker, lines, temp_dir, wait_until};
+use crate::util::{
+    Goworker, PATIENCE, agent, free_port, goworker, is_gone, lines, temp_dir, wait_until,
+};
 use goworker::{
     Config, Job, JobContext, MemoryProvider, Outcome, PoolInfo, Registry, Service, Settled, Worker,
     WorkerType,
@@ -296,17 +298,6 @@ impl Worker for Leaky {
         std::fs::write(job.params["pid_file"].as_str().unwrap(), pid.to_string()).unwrap();
         ctx.set_process_group(Some(pid as i32));
         panic!("leaky worker panics with sleep {pid} running");
-    }
-}
-
-fn is_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // A zombie waiting for its reaper is dead too.
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
     }
 }
 
