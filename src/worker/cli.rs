@@ -4,6 +4,11 @@
 //! kills the command and every child it started. The worker waits on a
 //! pidfd and the output pipe with one `poll(2)`: no extra thread, no
 //! polling loop, and the timeout is exact.
+//!
+//! A job gets only what its pool grants: the variables of `allow_env`, a
+//! timeout up to `max_timeout`, and the inherited environment that
+//! `inherit_env` names, never the secrets named by the config's `*_env`
+//! options.
 
 use super::{JobContext, PoolInfo, Worker, WorkerType, kill_process_group};
 use crate::config::SecretEnv;
@@ -305,7 +310,11 @@ impl Worker for CliWorker {
             secret_env: &self.shared.secret_env,
             cwd: params.cwd.as_deref(),
             stdin: params.stdin.clone().map(String::into_bytes),
-            timeout: Some(ctx.timeout().unwrap_or(self.shared.max_timeout)),
+            // No attempt runs past max_timeout, whoever set its timeout.
+            timeout: Some(
+                ctx.timeout()
+                    .map_or(self.shared.max_timeout, |t| t.min(self.shared.max_timeout)),
+            ),
             limit,
         };
         match spawn_and_wait(spawn, &|g| ctx.set_process_group(g)) {
@@ -959,19 +968,25 @@ mod tests {
             ..CliOptions::default()
         };
         let mut w = Cli::from_options(o, &pool(None, &[])).unwrap().new_worker();
-        let started = Instant::now();
-        let out = w.run(
-            &job(
-                json!({"command": "sh", "params": ["-c", "sleep 30"]}),
-                false,
-            ),
-            &JobContext::new(None, 1024),
-        );
-        assert!(
-            matches!(&out.result, Err(f) if f.retryable && f.message.starts_with("timed out")),
-            "{out:?}"
-        );
-        assert!(started.elapsed() < Duration::from_secs(20));
+        // Nor past it when a caller's context asks for longer.
+        for ctx_timeout in [None, Some(Duration::from_secs(3600))] {
+            let started = Instant::now();
+            let out = w.run(
+                &job(
+                    json!({"command": "sh", "params": ["-c", "sleep 30"]}),
+                    false,
+                ),
+                &JobContext::new(ctx_timeout, 1024),
+            );
+            assert_eq!(
+                out.result,
+                Err(crate::job::Failure {
+                    message: "timed out after 300ms".into(),
+                    retryable: true
+                })
+            );
+            assert!(started.elapsed() < Duration::from_secs(20));
+        }
     }
 
     #[test]
