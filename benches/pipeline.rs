@@ -136,7 +136,8 @@ fn cli(c: &mut Criterion) {
     };
     let options = goworker::cli::CliOptions {
         allow: vec!["/bin/true".into()],
-        inherit_env: true,
+        inherit_env: goworker::cli::InheritEnv::All,
+        ..Default::default()
     };
     let (svc, handle) = service::<Cli>("cli", options);
     g.bench_function("goworker", |b| {

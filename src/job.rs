@@ -339,7 +339,12 @@ impl FailureRecord {
     }
 }
 
-/// `timeout` as a humantime string ("30s") or a number of seconds.
+/// The longest `timeout` a job may ask for; a job asking for more is
+/// malformed. (Pools cap it further, e.g. the `cli` worker's `max_timeout`.)
+pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `timeout` as a humantime string ("30s") or a number of seconds, at most
+/// [`MAX_JOB_TIMEOUT`].
 mod duration_opt {
     use super::*;
 
@@ -354,22 +359,29 @@ mod duration_opt {
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         use serde::de::Error;
-        match Option::<Value>::deserialize(d)? {
-            None | Some(Value::Null) => Ok(None),
+        let d = match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => return Ok(None),
             Some(Value::String(s)) => humantime::parse_duration(&s)
-                .map(Some)
-                .map_err(|e| D::Error::custom(format!("timeout {s:?}: {e}"))),
+                .map_err(|e| D::Error::custom(format!("timeout {s:?}: {e}")))?,
             Some(Value::Number(n)) => n
                 .as_f64()
                 .and_then(|f| Duration::try_from_secs_f64(f).ok())
-                .map(Some)
                 .ok_or_else(|| {
                     D::Error::custom(format!("timeout {n}: not a valid number of seconds"))
-                }),
-            Some(other) => Err(D::Error::custom(format!(
-                "timeout: expected a string like \"30s\", got {other}"
-            ))),
+                })?,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "timeout: expected a string like \"30s\", got {other}"
+                )));
+            }
+        };
+        if d > MAX_JOB_TIMEOUT {
+            return Err(D::Error::custom(format!(
+                "timeout of {}s: a job may ask for at most 365 days",
+                d.as_secs()
+            )));
         }
+        Ok(Some(d))
     }
 }
 
@@ -399,6 +411,12 @@ mod tests {
             (br#"{"type":""}"#, "`type` is empty"),
             (br#"{"type":"cli","retries":-1}"#, "invalid job"),
             (br#"{"type":"cli","timeout":"soon"}"#, "timeout"),
+            (br#"{"type":"cli","timeout":9.3e18}"#, "at most 365 days"),
+            (
+                br#"{"type":"cli","timeout":"366 days"}"#,
+                "at most 365 days",
+            ),
+            (br#"{"type":"cli","timeout":-1}"#, "not a valid number"),
         ] {
             let err = Job::parse(raw).unwrap_err();
             assert!(
@@ -429,5 +447,126 @@ mod tests {
         assert!(a < b);
         let ids: std::collections::HashSet<_> = (0..10_000).map(|_| new_id()).collect();
         assert_eq!(ids.len(), 10_000);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Fields the job model knows; generated unknown fields avoid them.
+        const KNOWN: [&str; 11] = [
+            "id",
+            "type",
+            "name",
+            "params",
+            "retries",
+            "capture_output",
+            "timeout",
+            "run_at",
+            "attempts",
+            "first_attempt_at",
+            "last_error",
+        ];
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
+                    .prop_map(Value::from),
+                ".{0,12}".prop_map(Value::from),
+            ]
+        }
+
+        /// Any JSON value, with keys that are often the job's own.
+        fn json() -> impl Strategy<Value = Value> {
+            let key = prop_oneof![
+                proptest::sample::select(&KNOWN[..]).prop_map(str::to_string),
+                ".{0,8}",
+            ];
+            leaf().prop_recursive(4, 48, 6, move |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    prop::collection::btree_map(key.clone(), inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Unknown fields with any JSON values.
+        fn extras() -> impl Strategy<Value = Map<String, Value>> {
+            prop::collection::btree_map(
+                "[a-z_]{1,10}".prop_filter("not a job field", |k| !KNOWN.contains(&k.as_str())),
+                json(),
+                0..6,
+            )
+            .prop_map(|m| m.into_iter().collect())
+        }
+
+        proptest! {
+            #[test]
+            fn parse_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = Job::parse(&bytes);
+            }
+
+            #[test]
+            fn parse_never_panics_on_json(v in json()) {
+                let _ = Job::parse(v.to_string().as_bytes());
+            }
+
+            #[test]
+            fn parse_never_panics_on_job_shaped_objects(
+                known in prop::collection::btree_map(
+                    proptest::sample::select(&KNOWN[..]),
+                    json(),
+                    0..8,
+                ),
+                kind in ".{1,8}",
+            ) {
+                let mut m: Map<String, Value> =
+                    known.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                m.insert("type".into(), Value::from(kind));
+                if let Ok(job) = Job::parse(Value::Object(m).to_string().as_bytes()) {
+                    // What parses is written back and parses again to the same job.
+                    prop_assert_eq!(Job::parse(job.to_json().as_bytes()), Ok(job));
+                }
+            }
+
+            #[test]
+            fn unknown_fields_round_trip(
+                extra in extras(),
+                kind in "[a-z]{1,8}",
+                id in "[A-Z0-9]{1,26}",
+            ) {
+                let mut original = extra.clone();
+                original.insert("type".into(), Value::from(kind));
+                original.insert("id".into(), Value::from(id));
+                let original = Value::Object(original);
+                let job = Job::parse(original.to_string().as_bytes()).unwrap();
+                prop_assert_eq!(&job.extra, &extra);
+                prop_assert_eq!(job.to_value(), original.clone());
+                let back: Value = serde_json::from_str(&job.to_json()).unwrap();
+                prop_assert_eq!(back, original);
+            }
+
+            #[test]
+            fn timeout_never_panics_and_stays_bounded(
+                text in prop_oneof![
+                    any::<f64>().prop_map(|f| format!("{f:e}")),
+                    any::<i64>().prop_map(|n| n.to_string()),
+                    any::<u64>().prop_map(|n| format!("{n}.5e{}", n % 400)),
+                    ".{0,24}".prop_map(|s| Value::from(s).to_string()),
+                    "[0-9]{1,30}(ns|us|ms|s|m|h|d|w|y| days)".prop_map(|s| Value::from(s).to_string()),
+                ],
+            ) {
+                let payload = format!(r#"{{"type":"cli","timeout":{text}}}"#);
+                if let Ok(job) = Job::parse(payload.as_bytes()) {
+                    prop_assert!(job.timeout.is_none_or(|t| t <= MAX_JOB_TIMEOUT));
+                }
+            }
+        }
     }
 }

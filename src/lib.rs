@@ -58,13 +58,13 @@ mod worker;
 
 pub use backoff::{Backoff, Jitter};
 pub use config::{
-    Config, EXAMPLE_CONFIG, HandlerConfig, ManagerConfig, PoolConfig, ProviderConfig,
+    Config, EXAMPLE_CONFIG, HandlerConfig, ManagerConfig, PoolConfig, ProviderConfig, SecretEnv,
 };
 pub use error::{ConfigError, Error, PluginError};
 pub use failure::{FailureHandler, FailureHandlerType};
 pub use job::{
-    Failure, FailureRecord, Job, JobStatus, Malformed, Outcome, Report, new_id, time_to_unix,
-    unix_now, unix_to_time,
+    Failure, FailureRecord, Job, JobStatus, MAX_JOB_TIMEOUT, Malformed, Outcome, Report, new_id,
+    time_to_unix, unix_now, unix_to_time,
 };
 pub use manager::{Control, Hooks, NoHooks, ShutdownReport};
 pub use notify::Notify;
@@ -88,7 +88,7 @@ pub mod noop {
 
 /// The built-in `cli` worker type.
 pub mod cli {
-    pub use crate::worker::cli::{Cli, CliOptions};
+    pub use crate::worker::cli::{Cli, CliOptions, InheritEnv};
 }
 
 /// The built-in `disk` provider type: a durable queue in a redb file.

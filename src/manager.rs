@@ -16,6 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+/// Stands in for a delay too long to add to a clock (a job's far-off
+/// `run_at`, a huge configured back-off): a century.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Messages to the manager from outside its loop.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -437,7 +441,10 @@ impl Loop {
         } else {
             self.seq += 1;
             self.timers.push(Timer {
-                due: Instant::now() + wait,
+                // `wait` comes from a job's run_at: never overflow on it.
+                due: Instant::now()
+                    .checked_add(wait)
+                    .unwrap_or_else(|| Instant::now() + FAR_FUTURE),
                 seq: self.seq,
                 pool,
                 job,
@@ -521,7 +528,9 @@ impl Loop {
                 job,
                 f.acker,
                 f.provider,
-                SystemTime::now() + wait,
+                SystemTime::now()
+                    .checked_add(wait)
+                    .unwrap_or_else(|| SystemTime::now() + FAR_FUTURE),
                 wait,
             );
         }
@@ -609,7 +618,9 @@ impl Loop {
             self.m.shutdown_timeout
         );
         self.state = State::Draining {
-            deadline: Instant::now() + self.m.shutdown_timeout,
+            deadline: Instant::now()
+                .checked_add(self.m.shutdown_timeout)
+                .unwrap_or_else(|| Instant::now() + FAR_FUTURE),
         };
         self.m.stopping.store(true, Ordering::Release);
         self.m.stop_signal = None;

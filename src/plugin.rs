@@ -96,7 +96,7 @@ pub(crate) struct PoolCommon {
     /// Threads in the pool, each with its own worker.
     #[serde(default = "one")]
     pub(crate) count: usize,
-    /// Default per-attempt time limit (e.g. 60s); a job's timeout overrides it. Default: none.
+    /// Default per-attempt time limit (e.g. 60s, at most 365 days); a job's timeout overrides it. Default: none.
     #[serde(default)]
     pub(crate) timeout: Option<crate::duration::Written>,
     /// Retry back-off for this pool; unset keys come from manager.retry.
@@ -433,6 +433,15 @@ fn type_name(root: &Json, p: &Json) -> String {
     }
     for key in ["anyOf", "oneOf"] {
         if let Some(alts) = p.get(key).and_then(Json::as_array) {
+            // An enum whose variants have doc comments: one `const` each.
+            let consts: Vec<String> = alts
+                .iter()
+                .filter_map(|a| a.get("const"))
+                .map(default_text)
+                .collect();
+            if !consts.is_empty() && consts.len() == alts.len() {
+                return format!("one of {}", consts.join("|"));
+            }
             let names: Vec<String> = alts
                 .iter()
                 .map(|a| type_name(root, a))
@@ -507,6 +516,7 @@ mod tests {
             name: "p".into(),
             count: 1,
             timeout: None,
+            secret_env: Default::default(),
         }
     }
 

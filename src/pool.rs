@@ -270,6 +270,8 @@ impl Thread {
             let outcome = match catch_unwind(AssertUnwindSafe(|| worker.run(&task.job, &ctx))) {
                 Ok(o) => o,
                 Err(panic) => {
+                    // Nothing the attempt started may run on unwatched.
+                    self.slot.clear_after_panic();
                     // The worker's state may be broken: start afresh.
                     worker = self.spec.spec.new_worker();
                     Outcome::failed(format!("worker panicked: {}", panic_message(&panic)))

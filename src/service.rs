@@ -60,6 +60,7 @@ impl ServiceBuilder {
             name: name.to_string(),
             count,
             timeout: None,
+            secret_env: self.config.secret_env.clone(),
         };
         let spec: Arc<dyn WorkerSpec> =
             Arc::new(T::from_options(options, &info).map_err(|e| Error::Other(e.to_string()))?);
@@ -74,12 +75,14 @@ impl ServiceBuilder {
         Ok(self)
     }
 
-    /// Adds a failure handler.
+    /// Adds a failure handler (told the config's secret variables, see
+    /// [`FailureHandler::hide_env`]).
     pub fn failure_handler(
         mut self,
         name: &str,
-        handler: impl FailureHandler + 'static,
+        mut handler: impl FailureHandler + 'static,
     ) -> ServiceBuilder {
+        handler.hide_env(&self.config.secret_env);
         self.config
             .failure_handlers
             .push(crate::config::HandlerConfig {

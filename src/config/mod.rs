@@ -19,6 +19,7 @@ use crate::error::ConfigError;
 use crate::failure::FailureHandler;
 use crate::plugin::{Registry, TypeDoc, WorkerSpec, schema_of};
 use crate::provider::Provider;
+pub use crate::worker::SecretEnv;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -155,6 +156,10 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// Failure handlers in config order.
     pub failure_handlers: Vec<HandlerConfig>,
+    /// Names of the environment variables that hold secrets: the values of
+    /// every `*_env` option anywhere in the config. They are removed from
+    /// the environment of every child process (`cli` worker and handler).
+    pub secret_env: SecretEnv,
 }
 
 impl Config {
@@ -231,6 +236,7 @@ impl Config {
             providers: Vec::new(),
             pools: Vec::new(),
             failure_handlers: Vec::new(),
+            secret_env: SecretEnv::default(),
         }
     }
 }
@@ -238,6 +244,8 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::locate::{locate, parse_path};
+    use super::raw::RawConfig;
+    use super::validate::secret_env_names;
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -291,11 +299,76 @@ mod tests {
         assert_eq!(e.path, "manager.channel_bound");
         assert_eq!(e.location.map(|l| l.0), Some(2));
 
+        let e = parse("workers:\n  - type: noop\n    timeout: 400days\n").unwrap_err();
+        assert_eq!(e.path, "workers[0].timeout");
+        assert_eq!(e.message, "at most 365 days");
+
         // One rule for durations: a bare number is seconds.
         let c = parse("manager:\n  shutdown_timeout: 2.5\n").unwrap();
         assert_eq!(c.manager.shutdown_timeout, Duration::from_millis(2500));
 
         let e = parse("workers: [\n").unwrap_err();
         assert!(e.location.is_some(), "{e}");
+    }
+
+    #[test]
+    fn every_env_option_names_a_secret() {
+        let c = parse(
+            "manager: { stats_listen: null }\n\
+             providers:\n  - type: http\n    listen: 127.0.0.1:1\n    token_env: API_TOKEN\n\
+             \x20 - type: redis\n    url: redis://127.0.0.1:1/\n    password_env: REDIS_PW\n\
+             workers:\n  - type: cli\n    allow: [echo]\n    allow_env: [OMP_THREADS]\n    inherit_env: all\n\
+             failure_handlers:\n  - type: cli\n    command: cat\n    inherit_env: true\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = c.secret_env.iter().map(String::as_str).collect();
+        assert_eq!(names, ["API_TOKEN", "REDIS_PW"]);
+
+        // Any future option named *_env, at any depth, as a string, list or map.
+        let raw: RawConfig = serde_yaml::from_str(
+            "providers:\n  - type: x\n    nested: { webhook_secret_env: HOOK, deeper: [{ key_env: [K1, K2] }] }\n\
+             failure_handlers:\n  - type: y\n    headers_env: { Authorization: AUTH_VAR }\n",
+        )
+        .unwrap();
+        let names: Vec<String> = secret_env_names(&raw).iter().cloned().collect();
+        assert_eq!(names, ["AUTH_VAR", "HOOK", "K1", "K2"]);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn duration_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                ".{0,24}",
+                "[0-9]{1,30} ?(ns|us|ms|s|m|h|d|w|M|y|days|years)",
+                any::<u64>().prop_map(|n| format!("{n}y {n}d {n}s")),
+                any::<f64>().prop_map(|f| format!("{f}s")),
+            ]
+        }
+
+        proptest! {
+            /// Every duration a config holds is parsed without panicking:
+            /// a value is accepted or refused with a message.
+            #[test]
+            fn durations_never_panic(
+                shutdown in duration_text(),
+                base in duration_text(),
+                max in duration_text(),
+                timeout in duration_text(),
+                max_timeout in duration_text(),
+                pool_base in duration_text(),
+            ) {
+                let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+                let text = format!(
+                    "manager:\n  stats_listen: null\n  shutdown_timeout: {}\n  retry: {{ base: {}, max: {} }}\n\
+                     workers:\n  - type: cli\n    allow: [echo]\n    timeout: {}\n    max_timeout: {}\n    retry: {{ base: {} }}\n",
+                    q(&shutdown), q(&base), q(&max), q(&timeout), q(&max_timeout), q(&pool_base),
+                );
+                if let Err(e) = parse(&text) {
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
     }
 }

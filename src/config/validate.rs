@@ -5,15 +5,16 @@
 use super::locate::{Seg, locate, parse_path, path_text};
 use super::plain::plain;
 use super::raw::{RawConfig, RawManager};
-use super::{Config, HandlerConfig, ManagerConfig, PoolConfig, ProviderConfig};
+use super::{Config, HandlerConfig, ManagerConfig, PoolConfig, ProviderConfig, SecretEnv};
 use crate::backoff::Backoff;
 use crate::duration::Written;
 use crate::error::ConfigError;
 use crate::plugin::{Common, Family, NamedCommon, Registry, Table};
 use crate::worker::PoolInfo;
 use serde_yaml::{Mapping, Value};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub(super) struct Parser<'a> {
@@ -111,16 +112,18 @@ impl Parser<'_> {
             }
             err
         })?;
+        let secret_env = secret_env_names(&raw);
         let manager = self.manager(&raw.manager)?;
-        let pools = self.pools(&raw.workers, &manager)?;
+        let pools = self.pools(&raw.workers, &manager, &secret_env)?;
         let providers = self.providers(&raw.providers)?;
-        let failure_handlers = self.handlers(&raw.failure_handlers)?;
+        let failure_handlers = self.handlers(&raw.failure_handlers, &secret_env)?;
         Ok(Config {
             source: None,
             manager,
             providers,
             pools,
             failure_handlers,
+            secret_env,
         })
     }
 
@@ -257,6 +260,7 @@ impl Parser<'_> {
         &self,
         raw: &[Mapping],
         manager: &ManagerConfig,
+        secret_env: &SecretEnv,
     ) -> Result<Vec<PoolConfig>, ConfigError> {
         let pools = self.entries("workers", raw, &self.registry.workers, |c, base| {
             if c.count == 0 {
@@ -269,10 +273,15 @@ impl Parser<'_> {
                 Some(t) => Some(self.duration_at(at(base, "timeout"), t)?),
                 None => None,
             };
+            if timeout.is_some_and(|t| t > crate::job::MAX_JOB_TIMEOUT) {
+                // Workers add it to clocks; a job cannot ask for more either.
+                return Err(self.error(at(base, "timeout"), "at most 365 days"));
+            }
             Ok(Box::new(PoolInfo {
                 name: c.name().to_string(),
                 count: c.count,
                 timeout,
+                secret_env: secret_env.clone(),
             }))
         })?;
         pools
@@ -314,15 +323,22 @@ impl Parser<'_> {
             .collect())
     }
 
-    fn handlers(&self, raw: &[Mapping]) -> Result<Vec<HandlerConfig>, ConfigError> {
+    fn handlers(
+        &self,
+        raw: &[Mapping],
+        secret_env: &SecretEnv,
+    ) -> Result<Vec<HandlerConfig>, ConfigError> {
         let named = |c: &NamedCommon, _: &[Seg]| Ok(Box::<str>::from(c.name()));
         let built = self.entries("failure_handlers", raw, &self.registry.handlers, named)?;
         Ok(built
             .into_iter()
-            .map(|h| HandlerConfig {
-                name: h.name,
-                plugin_type: h.common.plugin_type,
-                handler: h.built,
+            .map(|mut h| {
+                h.built.hide_env(secret_env);
+                HandlerConfig {
+                    name: h.name,
+                    plugin_type: h.common.plugin_type,
+                    handler: h.built,
+                }
             })
             .collect())
     }
@@ -343,4 +359,58 @@ fn at(base: &[Seg], key: &str) -> Vec<Seg> {
     let mut p = base.to_vec();
     p.push(Seg::Key(key.into()));
     p
+}
+
+/// Options named `*_env` that do not name a secret variable.
+const NOT_SECRET: [&str; 2] = ["inherit_env", "allow_env"];
+
+/// The variables named by any `*_env` option anywhere in the config
+/// (`token_env`, `password_env`, ...): a string, or the strings of a list
+/// or map. Collected from the raw YAML, so a plugin added later is covered
+/// without naming its options here.
+pub(super) fn secret_env_names(raw: &RawConfig) -> SecretEnv {
+    fn walk_map(m: &Mapping, out: &mut BTreeSet<String>) {
+        for (k, v) in m {
+            let secret = k
+                .as_str()
+                .is_some_and(|k| k.ends_with("_env") && !NOT_SECRET.contains(&k));
+            if secret {
+                names(v, out);
+            } else {
+                walk(v, out);
+            }
+        }
+    }
+    fn walk(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Mapping(m) => walk_map(m, out),
+            Value::Sequence(s) => s.iter().for_each(|v| walk(v, out)),
+            Value::Tagged(t) => walk(&t.value, out),
+            _ => {}
+        }
+    }
+    fn names(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::String(s) if !s.is_empty() => {
+                out.insert(s.clone());
+            }
+            Value::Sequence(s) => s.iter().for_each(|v| names(v, out)),
+            Value::Mapping(m) => m.values().for_each(|v| names(v, out)),
+            Value::Tagged(t) => names(&t.value, out),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    if let Ok(manager) = serde_yaml::to_value(&raw.manager) {
+        walk(&manager, &mut out);
+    }
+    for m in raw
+        .providers
+        .iter()
+        .chain(&raw.workers)
+        .chain(&raw.failure_handlers)
+    {
+        walk_map(m, &mut out);
+    }
+    Arc::new(out)
 }

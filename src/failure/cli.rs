@@ -9,7 +9,8 @@
 use super::{FailureHandler, FailureHandlerType};
 use crate::error::PluginError;
 use crate::job::FailureRecord;
-use crate::worker::cli::{Spawn, resolve, spawn_and_wait};
+use crate::worker::SecretEnv;
+use crate::worker::cli::{InheritEnv, Spawn, resolve, spawn_and_wait};
 use crate::worker::http::parse_duration;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ pub(crate) struct CliHandlerOptions {
     pub(crate) args: Vec<String>,
     /// Extra environment variables.
     pub(crate) env: BTreeMap<String, String>,
-    /// Whether it inherits the service's environment.
+    /// Whether it inherits the service's environment. Secrets (variables named by any *_env option) are never passed on.
     pub(crate) inherit_env: bool,
     /// Working directory. Default: the service's.
     pub(crate) cwd: Option<PathBuf>,
@@ -68,6 +69,7 @@ impl FailureHandlerType for CliHandlerType {
             inherit_env: o.inherit_env,
             cwd: o.cwd,
             timeout: parse_duration("timeout", &o.timeout)?,
+            secret_env: SecretEnv::default(),
         }))
     }
 }
@@ -79,9 +81,14 @@ struct CliHandler {
     inherit_env: bool,
     cwd: Option<PathBuf>,
     timeout: Duration,
+    secret_env: SecretEnv,
 }
 
 impl FailureHandler for CliHandler {
+    fn hide_env(&mut self, names: &SecretEnv) {
+        self.secret_env = names.clone();
+    }
+
     fn handle(&mut self, record: &FailureRecord) -> Result<(), String> {
         let json = serde_json::to_vec(record).map_err(|e| e.to_string())?;
         let program =
@@ -91,7 +98,12 @@ impl FailureHandler for CliHandler {
             arg0: &self.command,
             args: &self.args,
             env: &self.env,
-            inherit_env: self.inherit_env,
+            inherit_env: if self.inherit_env {
+                InheritEnv::All
+            } else {
+                InheritEnv::None
+            },
+            secret_env: &self.secret_env,
             cwd: self.cwd.as_deref(),
             stdin: Some(json),
             timeout: Some(self.timeout),
@@ -160,5 +172,24 @@ mod tests {
             .handle(&rec)
             .unwrap_err();
         assert!(err.starts_with("command not found"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_kept_from_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env.txt");
+        let job = Job::new("http", serde_json::json!({}));
+        let rec = FailureRecord::for_job("memory", &job, "boom", None);
+        let script = format!(
+            "cat >/dev/null; echo HOME=${{HOME-unset}} PATH=${{PATH:+set}} > '{}'",
+            out.display()
+        );
+        let mut h = handler("sh", &["-c", &script]);
+        h.hide_env(&std::sync::Arc::new(["HOME".to_string()].into()));
+        h.handle(&rec).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "HOME=unset PATH=set\n"
+        );
     }
 }

@@ -22,6 +22,11 @@ pub trait FailureHandler: Send {
     /// # Errors
     /// A message; it is logged and the next handler still runs.
     fn handle(&mut self, record: &FailureRecord) -> Result<(), String>;
+
+    /// Told once, after it is built from the config, which environment
+    /// variables hold secrets (named by `*_env` options): a handler that
+    /// starts processes keeps them out of their environment.
+    fn hide_env(&mut self, _names: &crate::worker::SecretEnv) {}
 }
 
 /// A failure handler type that can be named in `failure_handlers:`.

@@ -672,6 +672,7 @@ mod tests {
             name: "http".into(),
             count: 1,
             timeout: None,
+            secret_env: Default::default(),
         };
         let o = HttpOptions {
             allow_hosts: vec!["*".into()],

@@ -48,6 +48,10 @@ pub trait WorkerType: Send + Sync + Sized + 'static {
     fn new_worker(&self) -> Box<dyn Worker>;
 }
 
+/// A set of environment variable names kept from child processes: the
+/// values of every `*_env` option in the config (tokens, passwords).
+pub type SecretEnv = std::sync::Arc<std::collections::BTreeSet<String>>;
+
 /// What a worker type learns about the pool it is built for.
 #[derive(Debug, Clone)]
 pub struct PoolInfo {
@@ -57,6 +61,10 @@ pub struct PoolInfo {
     pub count: usize,
     /// Default per-attempt timeout.
     pub timeout: Option<Duration>,
+    /// Environment variables that hold secrets (named by `*_env` options
+    /// anywhere in the config): a worker that starts processes keeps them
+    /// out of their environment.
+    pub secret_env: SecretEnv,
 }
 
 /// Per-attempt facts and the shutdown hook handed to [`Worker::run`].
@@ -122,6 +130,18 @@ impl AbortSlot {
     pub(crate) fn abort(&self) {
         self.aborted.store(true, Ordering::Release);
         self.kill();
+    }
+
+    /// After a worker panicked: kills the process group it left
+    /// registered, if any, and forgets the id so that nothing kills it
+    /// again once the id may belong to someone else. (The `cli` worker
+    /// kills, reaps and unregisters its own group as it unwinds; this
+    /// covers other workers that register one.)
+    pub(crate) fn clear_after_panic(&self) {
+        let pgid = self.pgid.swap(0, Ordering::AcqRel);
+        if pgid > 0 {
+            kill_process_group(pgid);
+        }
     }
 
     fn kill(&self) {

@@ -119,17 +119,6 @@ fn failing_cli_job_runs_three_times_with_growing_backoff_then_dead_letters() {
     stop(svc);
 }
 
-fn is_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // A zombie waiting for its reaper is dead too.
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}
-
 #[test]
 fn job_over_its_timeout_is_killed_with_its_children() {
     let dir = temp_dir();

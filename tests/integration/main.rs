@@ -3,6 +3,7 @@
 
 mod util;
 
+mod cli;
 mod core;
 mod custom_provider;
 mod disk;

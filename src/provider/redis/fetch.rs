@@ -318,7 +318,8 @@ impl RateLimiter {
     /// How long until one job may be taken.
     pub(super) fn wait(&self, _now: Instant) -> Duration {
         let missing = (1.0 - self.tokens).max(0.0);
-        Duration::from_secs_f64(missing / self.rate)
+        // A tiny configured rate makes this too long for a Duration.
+        Duration::try_from_secs_f64(missing / self.rate).unwrap_or(Duration::MAX)
     }
 
     /// Uses `n` tokens.
@@ -341,5 +342,13 @@ mod tests {
         assert_eq!(l.wait(t0), Duration::from_millis(10));
         assert_eq!(l.available(t0 + Duration::from_millis(50)), 5);
         assert_eq!(l.available(t0 + Duration::from_secs(10)), 10);
+    }
+
+    #[test]
+    fn a_tiny_rate_waits_long_without_panicking() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(1e-30, t0);
+        l.take(1);
+        assert_eq!(l.wait(t0), Duration::MAX);
     }
 }
