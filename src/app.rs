@@ -4,9 +4,10 @@
 //! exactly like the stock one.
 
 use crate::{
-    Config, DeadLetters, Error, Health, Notify, Registry, Service, ShutdownHandle, StatsReader,
+    Config, ConfigError, DeadLetters, Error, Health, Notify, Override, Registry, Service,
+    ShutdownHandle, StatsReader,
 };
-use clap::{Parser, Subcommand};
+use clap::{Args as ClapArgs, Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::io::Write;
@@ -27,24 +28,22 @@ struct Args {
 enum Command {
     /// Run the service (without -c: the embedded default config).
     Run {
-        /// Config file (YAML).
-        #[arg(short, long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        source: Source,
     },
-    /// Validate a config file: exit 0, or 2 with the error.
+    /// Validate a config file as `run` would, short of opening anything:
+    /// exit 0, or 2 with the error.
     Check {
-        /// Config file (YAML).
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        source: Source,
     },
     /// Print every provider, worker and failure handler type with its options.
     Options,
     /// Submit a job through a configured provider (a file with one job, or
     /// `-` for one JSON job per line on stdin).
     Enqueue {
-        /// Config file (YAML).
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        source: Source,
         /// Provider name (default: the only provider that takes submissions).
         #[arg(long)]
         provider: Option<String>,
@@ -53,15 +52,58 @@ enum Command {
     },
     /// Inspect and re-queue dead letters.
     Dead {
-        /// Config file (YAML).
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        source: Source,
         /// Provider name (default: the only provider with dead letters).
         #[arg(long)]
         provider: Option<String>,
         #[command(subcommand)]
         action: DeadAction,
     },
+}
+
+/// Where the config comes from: a file (or the embedded default), and
+/// options changed on the command line.
+#[derive(ClapArgs, Debug, Clone)]
+struct Source {
+    /// Config file (YAML); `run` without it uses the embedded default.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Changes one option by its key path, e.g. `--set
+    /// manager.stats_listen=127.0.0.1:9191` or `--set workers[0].count=8`
+    /// (the value is YAML). Repeatable; applied in order.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
+    overrides: Vec<Override>,
+}
+
+fn parse_override(text: &str) -> Result<Override, String> {
+    Override::parse(text).map_err(|e| e.message)
+}
+
+impl Source {
+    /// Reads, overrides and validates the config; the binary's config is
+    /// all there is (no provider is added in code), so references between
+    /// entries are checked too.
+    fn load(&self, registry: &Registry) -> Result<Config, ConfigError> {
+        let c = match &self.config {
+            Some(p) => Config::load_with(p, registry, &self.overrides)?,
+            None => Config::parse_with(crate::EXAMPLE_CONFIG, registry, &self.overrides).map_err(
+                |mut e| {
+                    e.file = Some(PathBuf::from("<embedded config.example.yaml>"));
+                    e
+                },
+            )?,
+        };
+        c.check_references()?;
+        Ok(c)
+    }
+
+    /// The config file, which commands other than `run` need.
+    fn require_file(&self) -> Result<&Path, Exit> {
+        self.config
+            .as_deref()
+            .ok_or_else(|| usage("name the config file with -c FILE".into()))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -170,15 +212,16 @@ fn stderr_is_journal() -> bool {
 
 fn run(args: Args, registry: Registry) -> Result<(), Exit> {
     match args.command {
-        Command::Run { config } => {
-            let c = load(config.as_deref(), &registry)?;
-            serve(c, config, registry)
+        Command::Run { source } => {
+            let c = load(&source, &registry)?;
+            serve(c, source, registry)
         }
-        Command::Check { config } => {
-            let c = load(Some(&config), &registry)?;
+        Command::Check { source } => {
+            let file = source.require_file()?.to_path_buf();
+            let c = load(&source, &registry)?;
             println!(
                 "{}: OK ({} provider(s), {} pool(s), {} failure handler(s))",
-                config.display(),
+                file.display(),
                 c.providers.len(),
                 c.pools.len(),
                 c.failure_handlers.len()
@@ -190,20 +233,22 @@ fn run(args: Args, registry: Registry) -> Result<(), Exit> {
             Ok(())
         }
         Command::Enqueue {
-            config,
+            source,
             provider,
             job,
         } => {
-            let mut c = load(Some(&config), &registry)?;
+            source.require_file()?;
+            let mut c = load(&source, &registry)?;
             let payloads = read_jobs(&job)?;
             enqueue(&mut c, provider.as_deref(), &payloads)
         }
         Command::Dead {
-            config,
+            source,
             provider,
             action,
         } => {
-            let mut c = load(Some(&config), &registry)?;
+            source.require_file()?;
+            let mut c = load(&source, &registry)?;
             // Without --provider, the only provider that keeps dead letters.
             let i = pick(&mut c, provider.as_deref(), |c, i| {
                 c.providers[i].dead_letters().is_some()
@@ -373,23 +418,14 @@ fn dead(admin: &mut dyn DeadLetters, action: DeadAction) -> Result<(), Exit> {
     Ok(())
 }
 
-fn load(path: Option<&Path>, registry: &Registry) -> Result<Config, Exit> {
-    let c = match path {
-        Some(p) => Config::load(p, registry),
-        None => Config::parse(crate::EXAMPLE_CONFIG, registry).map_err(|mut e| {
-            e.file = Some(PathBuf::from("<embedded config.example.yaml>"));
-            e
-        }),
-    };
-    // The binary's config is all there is: no provider is added in code.
-    c.and_then(|c| c.check_references().map(|()| c))
-        .map_err(|e| Exit {
-            code: 2,
-            message: e.to_string(),
-        })
+fn load(source: &Source, registry: &Registry) -> Result<Config, Exit> {
+    source.load(registry).map_err(|e| Exit {
+        code: 2,
+        message: e.to_string(),
+    })
 }
 
-fn serve(config: Config, path: Option<PathBuf>, registry: Registry) -> Result<(), Exit> {
+fn serve(config: Config, source: Source, registry: Registry) -> Result<(), Exit> {
     // Registered before start-up, so an early signal waits for its thread
     // instead of killing the process (SIGHUP's default).
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| Exit {
@@ -409,7 +445,7 @@ fn serve(config: Config, path: Option<PathBuf>, registry: Registry) -> Result<()
         message: e.to_string(),
     })?;
     let reload = Reload {
-        path,
+        source,
         registry,
         stats: running.stats(),
         handle: running.shutdown_handle(),
@@ -469,7 +505,7 @@ fn on_signals(mut signals: Signals, reload: Reload) {
 /// What SIGHUP needs: the config file, the types to validate it with, and
 /// the running pools.
 struct Reload {
-    path: Option<PathBuf>,
+    source: Source,
     registry: Registry,
     stats: StatsReader,
     handle: ShutdownHandle,
@@ -484,14 +520,13 @@ impl Reload {
     /// stderr (the journal under systemd), so there is no file to reopen.
     fn run(&self) {
         let _ = std::io::stderr().flush();
-        let Some(path) = &self.path else {
+        let Some(path) = &self.source.config else {
             log::warn!("SIGHUP: running on the embedded config; nothing to re-read");
             return;
         };
+        // The same --set overrides apply again.
         log::info!("SIGHUP: re-reading {}", path.display());
-        let config = match Config::load(path, &self.registry)
-            .and_then(|c| c.check_references().map(|()| c))
-        {
+        let config = match self.source.load(&self.registry) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("reload refused, the running config stays: {e}");

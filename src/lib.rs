@@ -58,7 +58,8 @@ mod worker;
 
 pub use backoff::{Backoff, Jitter};
 pub use config::{
-    Config, EXAMPLE_CONFIG, HandlerConfig, ManagerConfig, PoolConfig, ProviderConfig, SecretEnv,
+    Config, EXAMPLE_CONFIG, HandlerConfig, ManagerConfig, Override, PoolConfig, ProviderConfig,
+    SecretEnv,
 };
 pub use error::{ConfigError, Error, PluginError};
 pub use failure::{FailureHandler, FailureHandlerType};

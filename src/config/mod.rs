@@ -7,11 +7,13 @@
 //! - [`locate`]: where a key path is in the text, so every error names the
 //!   file, the key path, and the line and column;
 //! - [`plain`]: serde's messages in an operator's words, with a
-//!   did-you-mean for unknown keys.
+//!   did-you-mean for unknown keys;
+//! - [`set`]: `--set KEY=VALUE` overrides from the command line.
 
 mod locate;
 mod plain;
 pub(crate) mod raw;
+mod set;
 mod validate;
 
 use crate::backoff::Backoff;
@@ -20,6 +22,7 @@ use crate::failure::FailureHandler;
 use crate::plugin::{Registry, TypeDoc, WorkerSpec, schema_of};
 use crate::provider::Provider;
 pub use crate::worker::SecretEnv;
+pub use set::Override;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -168,13 +171,26 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the file, key path and position.
     pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigError> {
+        Config::load_with(path, registry, &[])
+    }
+
+    /// Reads a config file, applies `--set` overrides, and validates it.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, key path and position (or the
+    /// override that set the value).
+    pub fn load_with(
+        path: &Path,
+        registry: &Registry,
+        overrides: &[Override],
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_path_buf()),
             path: String::new(),
             location: None,
             message: format!("cannot read: {e}"),
         })?;
-        let mut c = Config::parse(&text, registry).map_err(|mut e| {
+        let mut c = Config::parse_with(&text, registry, overrides).map_err(|mut e| {
             e.file = Some(path.to_path_buf());
             e
         })?;
@@ -187,7 +203,24 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the key path and position.
     pub fn parse(text: &str, registry: &Registry) -> Result<Config, ConfigError> {
-        validate::Parser { text, registry }.parse()
+        Config::parse_with(text, registry, &[])
+    }
+
+    /// Validates config text with `--set` overrides applied.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path and position (or the override).
+    pub fn parse_with(
+        text: &str,
+        registry: &Registry,
+        overrides: &[Override],
+    ) -> Result<Config, ConfigError> {
+        validate::Parser {
+            text,
+            registry,
+            overrides,
+        }
+        .parse()
     }
 
     /// Checks what refers to other entries (a provider's `store:`) on the

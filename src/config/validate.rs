@@ -5,6 +5,7 @@
 use super::locate::{Seg, locate, parse_path, path_text};
 use super::plain::plain;
 use super::raw::{RawConfig, RawManager};
+use super::set::Override;
 use super::{Config, HandlerConfig, ManagerConfig, PoolConfig, ProviderConfig, SecretEnv};
 use crate::backoff::Backoff;
 use crate::duration::Written;
@@ -20,6 +21,8 @@ use std::time::Duration;
 pub(super) struct Parser<'a> {
     pub(super) text: &'a str,
     pub(super) registry: &'a Registry,
+    /// `--set` overrides, applied before validating.
+    pub(super) overrides: &'a [Override],
 }
 
 /// serde's message without serde_yaml's "path: " prefix and " at line X
@@ -81,7 +84,13 @@ impl Parser<'_> {
                 Seg::Index(_) => None,
             }),
         };
-        let message = plain(&message, key, extra_keys);
+        let mut message = plain(&message, key, extra_keys);
+        let mut location = location;
+        // A value given with --set is not where the text says.
+        if let Some(o) = self.overrides.iter().find(|o| o.covers(&path)) {
+            message = format!("{message} (set with --set {})", o.key());
+            location = None;
+        }
         ConfigError {
             file: None,
             path: path_text(&path),
@@ -90,17 +99,12 @@ impl Parser<'_> {
         }
     }
 
-    pub(super) fn parse(&self) -> Result<Config, ConfigError> {
-        if self.text.trim().is_empty() {
-            return Err(ConfigError::at("", "the config is empty"));
-        }
-        let de = serde_yaml::Deserializer::from_str(self.text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = parse_path(&e.path().to_string());
-            // Where the parser stopped is the best place to point at
-            // (for a mis-indented line, that line, not its block's start).
-            // An unknown key is located at the key itself (in `error`).
-            let inner = e.into_inner();
+    /// The YAML as written, with the `--set` overrides applied.
+    fn raw(&self) -> Result<RawConfig, ConfigError> {
+        // Where the parser stopped is the best place to point at (for a
+        // mis-indented line, that line, not its block's start). An unknown
+        // key is located at the key itself (in `error`).
+        let yaml_error = |path: Vec<Seg>, inner: serde_yaml::Error| {
             let message = bare_message(&inner);
             let unknown = message.starts_with("unknown field");
             let mut err = self.error(path, message);
@@ -111,7 +115,30 @@ impl Parser<'_> {
                 _ => {}
             }
             err
-        })?;
+        };
+        let de = serde_yaml::Deserializer::from_str(self.text);
+        if self.overrides.is_empty() {
+            return serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = parse_path(&e.path().to_string());
+                yaml_error(path, e.into_inner())
+            });
+        }
+        let mut doc: Value =
+            serde::Deserialize::deserialize(de).map_err(|e| yaml_error(Vec::new(), e))?;
+        for o in self.overrides {
+            o.apply(&mut doc)?;
+        }
+        serde_path_to_error::deserialize(doc).map_err(|e| {
+            let path = parse_path(&e.path().to_string());
+            yaml_error(path, e.into_inner())
+        })
+    }
+
+    pub(super) fn parse(&self) -> Result<Config, ConfigError> {
+        if self.text.trim().is_empty() {
+            return Err(ConfigError::at("", "the config is empty"));
+        }
+        let raw = self.raw()?;
         let secret_env = secret_env_names(&raw);
         let manager = self.manager(&raw.manager)?;
         let pools = self.pools(&raw.workers, &manager, &secret_env)?;

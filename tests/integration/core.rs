@@ -626,3 +626,81 @@ fn the_stop_signal_wakes_a_provider_blocked_on_it() {
         "the provider never saw the stop signal"
     );
 }
+
+#[test]
+fn set_changes_any_option_by_its_key_path_for_check_and_run() {
+    let dir = temp_dir();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        "manager:\n  stats_listen: 127.0.0.1:9090\nworkers:\n  - type: noop\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (code, out, err) = goworker(
+        &[
+            "check",
+            "-c",
+            cfg,
+            "--set",
+            "manager.stats_listen=null",
+            "--set",
+            "workers[0].count=4",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // A bad value names the override, not a line of the file.
+    let (code, _, err) = goworker(
+        &["check", "-c", cfg, "--set", "workers[0].count=0"],
+        dir.path(),
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("workers[0].count: must be at least 1")
+            && err.contains("(set with --set workers[0].count)"),
+        "{err}"
+    );
+    let (code, _, err) = goworker(
+        &["check", "-c", cfg, "--set", "workers[2].count=1"],
+        dir.path(),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("workers has 1 entry"), "{err}");
+    let (code, _, err) = goworker(&["check", "-c", cfg, "--set", "nonsense"], dir.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("KEY=VALUE"), "{err}");
+
+    // `run` on the embedded default config, both listeners moved.
+    let (stats, api) = (free_port(), free_port());
+    let mut child = std::process::Command::new(goworker_bin())
+        .args([
+            "run",
+            "--set",
+            &format!("manager.stats_listen=127.0.0.1:{stats}"),
+            "--set",
+            &format!("providers[0].listen=127.0.0.1:{api}"),
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent = agent();
+    let up = wait_until(PATIENCE, || {
+        agent
+            .get(&format!("http://127.0.0.1:{stats}/healthz"))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+    });
+    let posted = agent
+        .post(&format!("http://127.0.0.1:{api}/jobs?wait=false"))
+        .send(r#"{"type":"noop"}"#)
+        .map(|r| r.status().as_u16());
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(up, "the stats server did not answer on the --set port");
+    assert_eq!(posted.ok(), Some(202));
+    assert!(status.success(), "{status:?}");
+}
