@@ -239,7 +239,8 @@ fn run(args: Args, registry: Registry) -> Result<(), Exit> {
         } => {
             source.require_file()?;
             let mut c = load(&source, &registry)?;
-            let payloads = read_jobs(&job)?;
+            let pools: Vec<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
+            let payloads = read_jobs(&job, &pools)?;
             enqueue(&mut c, provider.as_deref(), &payloads)
         }
         Command::Dead {
@@ -302,7 +303,11 @@ fn pick(
 /// what it takes into the target's store (an `http` provider's `store:`),
 /// the jobs go through that one, so they reach a running service; only
 /// when it does not answer are they written to the target directly.
-fn enqueue(c: &mut Config, target: Option<&str>, payloads: &[Vec<u8>]) -> Result<(), Exit> {
+fn enqueue(
+    c: &mut Config,
+    target: Option<&str>,
+    payloads: &[(String, Vec<u8>)],
+) -> Result<(), Exit> {
     let fronts = |c: &Config, i: usize| {
         c.providers[i]
             .stores_into()
@@ -323,71 +328,81 @@ fn enqueue(c: &mut Config, target: Option<&str>, payloads: &[Vec<u8>]) -> Result
             Some(pick(c, target, |c, i| c.providers[i].enqueue().is_some())?),
         ),
     };
-    for payload in payloads {
-        let mut first_error = None;
-        let mut id = None;
-        for i in [front, direct].into_iter().flatten() {
-            let p = &mut c.providers[i];
-            let (name, kind) = (p.name.clone(), p.plugin_type.clone());
-            let Some(e) = p.enqueue() else {
-                first_error.get_or_insert(unsupported(&name, &kind).message);
-                continue;
-            };
-            match e.enqueue(payload) {
-                Ok(got) => {
-                    id = Some(got);
-                    break;
-                }
-                Err(err) => match &first_error {
-                    None => first_error = Some(err.to_string()),
-                    Some(before) => first_error = Some(format!("{before}; and directly: {err}")),
-                },
-            }
-        }
-        match id {
-            Some(id) => println!("{id}"),
-            None => {
-                return Err(Exit {
-                    code: 1,
-                    message: first_error.unwrap_or_else(|| "no provider took the job".into()),
-                });
-            }
-        }
+    let mut submitted = 0;
+    for (at, payload) in payloads {
+        let id = submit(c, front, direct, payload).map_err(|e| Exit {
+            code: 1,
+            message: match submitted {
+                0 => format!("{at}: {e}; nothing was submitted"),
+                n => format!("{at}: {e}; the {n} job(s) before it were submitted (ids above)"),
+            },
+        })?;
+        println!("{id}");
+        submitted += 1;
     }
     Ok(())
 }
 
+/// Submits one payload through `front` (a provider that puts jobs into
+/// `direct`'s store, reaching a running service), or straight to `direct`
+/// when there is no front or nothing answers there. A front that answers
+/// with a refusal is final: the job is not written behind its back.
+fn submit(
+    c: &mut Config,
+    front: Option<usize>,
+    direct: Option<usize>,
+    payload: &[u8],
+) -> Result<String, String> {
+    let mut unreachable = None;
+    for i in [front, direct].into_iter().flatten() {
+        let p = &mut c.providers[i];
+        let (name, kind) = (p.name.clone(), p.plugin_type.clone());
+        let Some(e) = p.enqueue() else {
+            return Err(unsupported(&name, &kind).message);
+        };
+        match e.enqueue(payload) {
+            Ok(id) => return Ok(id),
+            Err(err @ Error::Unreachable { .. }) if Some(i) == front && direct.is_some() => {
+                unreachable = Some(err.to_string());
+            }
+            Err(err) => {
+                return Err(match unreachable {
+                    Some(before) => format!("{before}; and directly: {err}"),
+                    None => err.to_string(),
+                });
+            }
+        }
+    }
+    Err(unreachable.unwrap_or_else(|| "no provider took the job".into()))
+}
+
 /// The payloads of `job` (a file, or `-`: one job per stdin line), each
-/// checked to be a job: what would only be dead-lettered is refused before
-/// it is stored.
-fn read_jobs(job: &str) -> Result<Vec<Vec<u8>>, Exit> {
-    let payloads: Vec<Vec<u8>> = if job == "-" {
+/// with where it came from (`stdin line 3`). All are checked before any is
+/// submitted — a job, of a type some pool runs — so that what would only
+/// be refused or dead-lettered stops the command with nothing sent.
+fn read_jobs(job: &str, pools: &[&str]) -> Result<Vec<(String, Vec<u8>)>, Exit> {
+    let fail = |message: String| Exit { code: 1, message };
+    let payloads: Vec<(String, Vec<u8>)> = if job == "-" {
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| Exit {
-            code: 1,
-            message: format!("stdin: {e}"),
-        })?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| fail(format!("stdin: {e}")))?;
         text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| l.as_bytes().to_vec())
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(n, l)| (format!("stdin line {}", n + 1), l.as_bytes().to_vec()))
             .collect()
     } else {
-        vec![std::fs::read(job).map_err(|e| Exit {
-            code: 1,
-            message: format!("{job}: {e}"),
-        })?]
+        let bytes = std::fs::read(job).map_err(|e| fail(format!("{job}: {e}")))?;
+        vec![(job.to_string(), bytes)]
     };
-    for (n, payload) in payloads.iter().enumerate() {
-        if let Err(m) = crate::Job::parse(payload) {
-            let at = if job == "-" {
-                format!("stdin line {}", n + 1)
-            } else {
-                job.to_string()
-            };
-            return Err(Exit {
-                code: 1,
-                message: format!("{at}: {}", m.reason),
-            });
+    for (at, payload) in &payloads {
+        let parsed = crate::Job::parse(payload).map_err(|m| fail(format!("{at}: {}", m.reason)))?;
+        if !pools.contains(&parsed.kind.as_str()) {
+            return Err(fail(format!(
+                "{at}: no worker pool runs jobs of type {:?} (pools: {}); nothing was submitted",
+                parsed.kind,
+                pools.join(", ")
+            )));
         }
     }
     Ok(payloads)

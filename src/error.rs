@@ -27,6 +27,15 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A provider's source could not be reached at all (connection
+    /// refused, nothing listening): unlike [`Error::Provider`], nothing
+    /// there has said no, so another way in may be tried.
+    Unreachable {
+        /// The provider's configured name.
+        provider: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A job could not be handed on because the pipeline is shut down.
     ShuttingDown,
     /// Anything else, with a message.
@@ -56,7 +65,9 @@ impl fmt::Display for Error {
         match self {
             Error::Config(e) => e.fmt(f),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
-            Error::Provider { provider, message } => write!(f, "provider {provider}: {message}"),
+            Error::Provider { provider, message } | Error::Unreachable { provider, message } => {
+                write!(f, "provider {provider}: {message}")
+            }
             Error::ShuttingDown => f.write_str("shutting down"),
             Error::Other(m) => f.write_str(m),
         }

@@ -675,9 +675,11 @@ impl Enqueue for HttpProvider {
                 &format!("Bearer {}", t.read().map_err(fail)?),
             );
         }
-        let mut resp = req
-            .send(payload)
-            .map_err(|e| fail(format!("POST {url}: {e}")))?;
+        // Nothing answering is not a refusal: the caller may go another way.
+        let mut resp = req.send(payload).map_err(|e| Error::Unreachable {
+            provider: self.name.clone(),
+            message: format!("POST {url}: {e}"),
+        })?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()

@@ -739,3 +739,59 @@ fn bad_disk_options_stop_check_with_exit_2() {
         "check must not create the queue"
     );
 }
+
+#[test]
+fn enqueue_checks_every_job_first_and_a_refusal_is_one_clear_error() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let (cfg, _) = http_config(&[]);
+    // The service runs with a token; the command is given another one.
+    let cfg = cfg.replace(
+        "store: local\n",
+        "store: local\n    token_env: GW_TEST_TOKEN\n",
+    );
+    let g = Goworker::start_with_env(d, &cfg, &[("GW_TEST_TOKEN", "right")]);
+    let run = |args: &[&str], stdin: &str, token: &str| {
+        let mut child = std::process::Command::new(goworker_bin())
+            .args(args)
+            .current_dir(d)
+            .env("GW_TEST_TOKEN", token)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let args = ["enqueue", "-c", "config.yaml", "-"];
+    // A type no pool runs, on line 3: nothing is sent, and the line is named.
+    let jobs = "{\"type\":\"cli\"}\n\n{\"type\":\"nosuch\"}\n";
+    let (code, out, err) = run(&args, jobs, "right");
+    assert_eq!(code, Some(1));
+    assert_eq!(out, "");
+    assert!(
+        err.contains("stdin line 3: no worker pool runs jobs of type \"nosuch\"")
+            && err.contains("nothing was submitted"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // The running service refuses (wrong token): that answer alone, no
+    // second attempt behind its back at the file it holds.
+    let (code, out, err) = run(&args, "{\"type\":\"cli\"}\n", "wrong");
+    assert_eq!((code, out.as_str()), (Some(1), ""));
+    assert!(err.contains("401") && !err.contains("directly"), "{err}");
+    assert!(err.contains("nothing was submitted"), "{err}");
+    drop(g);
+}
