@@ -328,8 +328,7 @@ fn enqueue(
             Some(pick(c, target, |c, i| c.providers[i].enqueue().is_some())?),
         ),
     };
-    let mut submitted = 0;
-    for (at, payload) in payloads {
+    for (submitted, (at, payload)) in payloads.iter().enumerate() {
         let id = submit(c, front, direct, payload).map_err(|e| Exit {
             code: 1,
             message: match submitted {
@@ -338,7 +337,6 @@ fn enqueue(
             },
         })?;
         println!("{id}");
-        submitted += 1;
     }
     Ok(())
 }

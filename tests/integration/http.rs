@@ -826,9 +826,13 @@ fn enqueue_command_submits_to_the_running_service_with_the_token() {
     assert!(s.log().contains(id));
     assert!(!s.log().contains("file-token"));
 
-    // A job the service refuses: the command says why.
+    // A job the service would refuse (422): the command says why, before
+    // sending it.
     std::fs::write(&job, r#"{"type":"nosuchpool"}"#).unwrap();
     let (code, _, stderr) = enqueue();
     assert_ne!(code, 0);
-    assert!(stderr.contains("422"), "{stderr}");
+    assert!(
+        stderr.contains("no worker pool runs jobs of type \"nosuchpool\""),
+        "{stderr}"
+    );
 }
