@@ -99,13 +99,28 @@ impl Job {
             raw: String::from_utf8_lossy(payload).into_owned(),
             reason,
         };
-        let mut job: Job = serde_json::from_slice(payload).map_err(|e| {
-            let reason = if e.is_data() {
-                format!("invalid job: {e}")
-            } else {
-                format!("invalid JSON: {e}")
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let mut job: Job = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let e = e.into_inner();
+            if !e.is_data() {
+                return malformed(format!("invalid JSON: {e}"));
+            }
+            // serde's words for people: the field, then what it should be.
+            let text = e.to_string();
+            let message = match text.rfind(" at line ") {
+                Some(i) => &text[..i],
+                None => &text,
             };
-            malformed(reason)
+            let key = path
+                .rsplit('.')
+                .next()
+                .filter(|k| !k.is_empty() && *k != "?");
+            let message = crate::plain::plain(message, key, &[]);
+            match path.as_str() {
+                "." | "" | "?" => malformed(format!("invalid job: {message}")),
+                path => malformed(format!("invalid job: {path}: {message}")),
+            }
         })?;
         if job.kind.is_empty() {
             return Err(malformed("invalid job: `type` is empty".into()));
@@ -361,17 +376,22 @@ mod duration_opt {
         use serde::de::Error;
         let d = match Option::<Value>::deserialize(d)? {
             None | Some(Value::Null) => return Ok(None),
-            Some(Value::String(s)) => humantime::parse_duration(&s)
-                .map_err(|e| D::Error::custom(format!("timeout {s:?}: {e}")))?,
+            // One rule with the config: a number is seconds, a string
+            // needs a unit.
+            Some(Value::String(s)) => crate::duration::text(&s).map_err(D::Error::custom)?,
             Some(Value::Number(n)) => n
                 .as_f64()
-                .and_then(|f| Duration::try_from_secs_f64(f).ok())
-                .ok_or_else(|| {
-                    D::Error::custom(format!("timeout {n}: not a valid number of seconds"))
+                .ok_or_else(|| D::Error::custom(format!("{n}: not a number of seconds")))
+                .and_then(|f| match f {
+                    // Longer than a job may ask for: say that, not "too long".
+                    f if f.is_finite() && f > MAX_JOB_TIMEOUT.as_secs_f64() => Err(
+                        D::Error::custom(format!("{f}s: a job may ask for at most 365 days")),
+                    ),
+                    f => crate::duration::seconds(f).map_err(D::Error::custom),
                 })?,
             Some(other) => {
                 return Err(D::Error::custom(format!(
-                    "timeout: expected a string like \"30s\", got {other}"
+                    "{other}: expected a number of seconds or a duration such as \"30s\""
                 )));
             }
         };
@@ -416,7 +436,15 @@ mod tests {
                 br#"{"type":"cli","timeout":"366 days"}"#,
                 "at most 365 days",
             ),
-            (br#"{"type":"cli","timeout":-1}"#, "not a valid number"),
+            (br#"{"type":"cli","timeout":-1}"#, "cannot be negative"),
+            (
+                br#"{"type":"cli","timeout":"30"}"#,
+                "needs a unit, such as \"30s\"",
+            ),
+            (
+                br#"{"type":"cli","retries":"x"}"#,
+                "retries: \"x\": expected a whole number ≥ 0",
+            ),
         ] {
             let err = Job::parse(raw).unwrap_err();
             assert!(

@@ -48,6 +48,7 @@ mod failure;
 mod job;
 mod manager;
 mod notify;
+mod plain;
 mod plugin;
 mod pool;
 mod provider;

@@ -6,12 +6,11 @@
 //!   type (after `Config::load` no code sees "30s");
 //! - [`locate`]: where a key path is in the text, so every error names the
 //!   file, the key path, and the line and column;
-//! - [`plain`]: serde's messages in an operator's words, with a
+//! - `crate::plain`: serde's messages in an operator's words, with a
 //!   did-you-mean for unknown keys;
 //! - [`set`]: `--set KEY=VALUE` overrides from the command line.
 
 mod locate;
-mod plain;
 pub(crate) mod raw;
 mod set;
 mod validate;

@@ -3,13 +3,13 @@
 //! registry, one loop for all three families.
 
 use super::locate::{Seg, locate, parse_path, path_text};
-use super::plain::plain;
 use super::raw::{RawConfig, RawManager};
 use super::set::Override;
 use super::{Config, HandlerConfig, ManagerConfig, PoolConfig, ProviderConfig, SecretEnv};
 use crate::backoff::Backoff;
 use crate::duration::Written;
 use crate::error::ConfigError;
+use crate::plain::plain;
 use crate::plugin::{Common, Family, NamedCommon, Registry, Table};
 use crate::worker::PoolInfo;
 use serde_yaml::{Mapping, Value};

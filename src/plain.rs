@@ -1,10 +1,11 @@
-//! serde's messages in an operator's words: "expected usize" becomes "a
-//! whole number", and an unknown key gets a did-you-mean.
+//! serde's messages in an operator's words, for config files and for jobs
+//! alike: "expected usize" becomes "a whole number", and an unknown key
+//! gets a did-you-mean.
 
 /// `message` as an operator would say it. `key` is the last key of the
 /// path the message is about; `extra_keys` are keys valid there that the
 /// message does not list (a plugin entry's common keys).
-pub(super) fn plain(message: &str, key: Option<&str>, extra_keys: &[&str]) -> String {
+pub(crate) fn plain(message: &str, key: Option<&str>, extra_keys: &[&str]) -> String {
     if let Some(m) = unknown_key(message, extra_keys) {
         return m;
     }
