@@ -15,7 +15,7 @@ use crate::registry::{Registry, WorkerSpec};
 use crate::worker::PoolInfo;
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,6 +51,8 @@ pub(crate) struct RawManager {
     pub(crate) retry: RawRetry,
     /// Bytes of output kept for jobs with capture_output.
     pub(crate) capture_limit: usize,
+    /// Failure records queued for the failure handlers (1 to 1,000,000); when full, records skip the handlers (their dead letters are still stored) and are counted.
+    pub(crate) failure_queue: usize,
 }
 
 impl Default for RawManager {
@@ -61,6 +63,7 @@ impl Default for RawManager {
             channel_bound: 1024,
             retry: RawRetry::default(),
             capture_limit: 64 * 1024,
+            failure_queue: DEFAULT_FAILURE_QUEUE,
         }
     }
 }
@@ -149,7 +152,14 @@ pub struct ManagerConfig {
     pub retry: Backoff,
     /// Output bytes kept per attempt. Default 64 KiB.
     pub capture_limit: usize,
+    /// Failure records queued for the failure handlers. Default 10,000.
+    pub failure_queue: usize,
 }
+
+/// Default of `manager.failure_queue`.
+pub(crate) const DEFAULT_FAILURE_QUEUE: usize = 10_000;
+/// Largest `manager.failure_queue` (the queue is allocated up front).
+pub(crate) const MAX_FAILURE_QUEUE: usize = 1_000_000;
 
 impl Default for ManagerConfig {
     fn default() -> ManagerConfig {
@@ -159,6 +169,7 @@ impl Default for ManagerConfig {
             channel_bound: 1024,
             retry: Backoff::default(),
             capture_limit: 64 * 1024,
+            failure_queue: DEFAULT_FAILURE_QUEUE,
         }
     }
 }
@@ -253,6 +264,9 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// Failure handlers in config order.
     pub failure_handlers: Vec<HandlerConfig>,
+    /// Environment variables named by any `*_env` option (they hold
+    /// secrets): failure handlers do not pass them on to child processes.
+    pub secret_env: BTreeSet<String>,
 }
 
 impl Config {
@@ -291,6 +305,7 @@ impl Config {
             providers: Vec::new(),
             pools: Vec::new(),
             failure_handlers: Vec::new(),
+            secret_env: BTreeSet::new(),
         }
     }
 }
@@ -336,6 +351,19 @@ pub(crate) fn parse_path(text: &str) -> Vec<Seg> {
         }
     }
     out
+}
+
+/// The values of every `*_env` key (at any depth) of one config entry.
+fn collect_secret_env(entry: &Mapping, out: &mut BTreeSet<String>) {
+    for (k, v) in entry {
+        match (k.as_str(), v) {
+            (Some(k), Value::String(name)) if k.ends_with("_env") && !name.is_empty() => {
+                out.insert(name.clone());
+            }
+            (_, Value::Mapping(m)) => collect_secret_env(m, out),
+            _ => {}
+        }
+    }
 }
 
 struct Parser<'a> {
@@ -406,12 +434,22 @@ impl Parser<'_> {
         let pools = self.pools(&raw.workers, &manager)?;
         let providers = self.providers(&raw.providers)?;
         let failure_handlers = self.handlers(&raw.failure_handlers)?;
+        let mut secret_env = BTreeSet::new();
+        for entry in raw
+            .providers
+            .iter()
+            .chain(&raw.workers)
+            .chain(&raw.failure_handlers)
+        {
+            collect_secret_env(entry, &mut secret_env);
+        }
         Ok(Config {
             source: None,
             manager,
             providers,
             pools,
             failure_handlers,
+            secret_env,
         })
     }
 
@@ -442,6 +480,12 @@ impl Parser<'_> {
                 "must be at least 1",
             ));
         }
+        if !(1..=MAX_FAILURE_QUEUE).contains(&raw.failure_queue) {
+            return Err(self.error(
+                vec![Seg::Key("manager".into()), Seg::Key("failure_queue".into())],
+                format!("must be between 1 and {MAX_FAILURE_QUEUE}"),
+            ));
+        }
         let base = self.duration(
             &["manager", "retry", "base"],
             raw.retry.base.as_deref().unwrap_or("1s"),
@@ -461,6 +505,7 @@ impl Parser<'_> {
                 jitter: raw.retry.jitter.unwrap_or(Jitter::Full),
             },
             capture_limit: raw.capture_limit,
+            failure_queue: raw.failure_queue,
         })
     }
 

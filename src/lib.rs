@@ -58,7 +58,7 @@ pub use config::{
     Config, EXAMPLE_CONFIG, HandlerConfig, ManagerConfig, PoolConfig, ProviderConfig,
 };
 pub use error::{ConfigError, Error};
-pub use failure::{FailureHandler, FailureHandlerType};
+pub use failure::{FailureHandler, FailureHandlerType, HandlerContext};
 pub use job::{
     Failure, FailureRecord, Job, JobStatus, Malformed, Outcome, Report, new_id, time_to_unix,
     unix_now, unix_to_time,

@@ -6,7 +6,7 @@
 //! own process group (killed with everything it started at `timeout`).
 //! Spawning and waiting are the `cli` worker's.
 
-use super::{FailureHandler, FailureHandlerType};
+use super::{FailureHandler, FailureHandlerType, HandlerContext};
 use crate::job::FailureRecord;
 use crate::worker::cli::{Spawn, resolve, spawn_and_wait};
 use crate::worker::http::parse_duration;
@@ -82,30 +82,60 @@ struct CliHandler {
 
 impl FailureHandler for CliHandler {
     fn handle(&mut self, record: &FailureRecord) -> Result<(), String> {
+        self.handle_within(record, &HandlerContext::default())
+    }
+
+    fn handle_within(
+        &mut self,
+        record: &FailureRecord,
+        ctx: &HandlerContext,
+    ) -> Result<(), String> {
         let json = serde_json::to_vec(record).map_err(|e| e.to_string())?;
         let program =
             resolve(&self.command).ok_or_else(|| format!("command not found: {}", self.command))?;
+        // Secrets named by `*_env` options stay in the service: the
+        // inherited environment is passed on without them.
+        let (env, inherit_env) = if self.inherit_env && !ctx.secret_env().is_empty() {
+            let mut env: BTreeMap<String, String> = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .filter(|(k, _)| !ctx.secret_env().contains(k))
+                .collect();
+            env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            (std::borrow::Cow::Owned(env), false)
+        } else {
+            (std::borrow::Cow::Borrowed(&self.env), self.inherit_env)
+        };
+        // At shutdown the command gets what is left of the deadline.
+        let timeout = match ctx.remaining() {
+            Some(left) => self.timeout.min(left),
+            None => self.timeout,
+        };
         let spawn = Spawn {
             program: &program,
             arg0: &self.command,
             args: &self.args,
-            env: &self.env,
-            inherit_env: self.inherit_env,
+            env: &env,
+            inherit_env,
             cwd: self.cwd.as_deref(),
             stdin: Some(json),
-            timeout: Some(self.timeout),
+            timeout: Some(timeout),
             limit: 4096,
         };
-        let run = spawn_and_wait(spawn, &|_| {}).map_err(|e| format!("{}: {e}", self.command))?;
+        let run = spawn_and_wait(spawn, &|g| ctx.set_process_group(g))
+            .map_err(|e| format!("{}: {e}", self.command))?;
         if run.timed_out.is_some() {
             return Err(format!(
                 "{}: timed out after {}",
                 self.command,
-                humantime::format_duration(self.timeout)
+                humantime::format_duration(timeout)
             ));
         }
         match run.status {
             Some(s) if s.success() => Ok(()),
+            Some(s) if ctx.is_aborted() => Err(format!(
+                "{}: stopped at the shutdown deadline ({s})",
+                self.command
+            )),
             Some(s) => {
                 let last = run.last_line();
                 let mut m = format!("{}: {s}", self.command);
