@@ -344,6 +344,149 @@ fn a_host_not_on_allow_hosts_is_refused_without_connecting() {
     assert!(!watched.connected(), "a refused host saw a connection");
 }
 
+#[test]
+fn a_name_that_resolves_to_an_internal_address_is_refused() {
+    let watched = Watched::bind();
+    let port = watched.port();
+    let run = Running::start(
+        "workers:
+  - type: http
+    allow_hosts: [localhost]
+  - type: http
+    name: http-any
+    allow_hosts: [\"*\"]
+",
+    );
+    // `localhost` is on the list, but a name is not an address.
+    run.submit(json!({"url": format!("http://localhost:{port}/")}), 3);
+    let (report, record) = run.failed();
+    assert_eq!(report.attempts, 1, "final: {record:?}");
+    assert!(
+        record.error.starts_with(&format!(
+            "address not allowed: localhost:{port} resolves to "
+        )) && record.error.contains("(loopback)"),
+        "{}",
+        record.error
+    );
+    // `*` allows every host, and no internal address.
+    for (url, why) in [
+        (format!("http://localhost:{port}/"), "(loopback)"),
+        (format!("http://127.0.0.1:{port}/"), "(loopback)"),
+        (format!("http://[::ffff:127.0.0.1]:{port}/"), "(loopback)"),
+        (
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            "169.254.169.254:80 (link-local)",
+        ),
+    ] {
+        let mut job = Job::new("http-any", json!({"url": url}));
+        job.retries = 3;
+        run.handle.submit(job).unwrap();
+        let (report, record) = run.failed();
+        assert_eq!(report.attempts, 1, "{url}: {record:?}");
+        assert!(
+            record.error.starts_with("address not allowed: ") && record.error.contains(why),
+            "{url}: {}",
+            record.error
+        );
+    }
+    assert!(!watched.connected(), "a refused address saw a connection");
+}
+
+#[test]
+fn an_ip_or_a_cidr_in_allow_hosts_names_a_local_address() {
+    let server = HttpServer::start(|_, _| Reply::status(200).body("local"));
+    let run = Running::start(&format!(
+        "workers:
+  - type: http
+    allow_hosts: [\"127.0.0.0/8\"]
+  - type: http
+    name: http-named
+    allow_hosts: [localhost, \"127.0.0.1:{}\"]
+",
+        server.port
+    ));
+    run.submit(json!({"url": server.url("/cidr")}), 0);
+    assert_eq!(run.succeeded().output.as_deref(), Some("local"));
+    // A name reaches an internal address once that address is named too.
+    run.handle
+        .submit(Job::new(
+            "http-named",
+            json!({"url": format!("http://localhost:{}/named", server.port)}),
+        ))
+        .unwrap();
+    assert!(matches!(run.settle(), Settled::Succeeded(_)));
+    let paths: Vec<_> = server.seen().iter().map(|s| s.path().to_string()).collect();
+    assert_eq!(paths, ["/cidr", "/named"]);
+}
+
+#[test]
+fn a_redirect_to_an_internal_address_is_refused() {
+    let watched = Watched::bind();
+    let to = format!("http://localhost:{}/admin", watched.port());
+    let hop = HttpServer::start(move |_, _| Reply::status(302).header("Location", &to));
+    let run = Running::start(&format!(
+        "workers:\n  - type: http\n    allow_hosts: [\"*\", \"127.0.0.1:{}\"]\n",
+        hop.port
+    ));
+    run.submit(json!({"url": hop.url("/go")}), 3);
+    let (report, record) = run.failed();
+    assert_eq!(report.attempts, 1, "final: {record:?}");
+    assert!(
+        record.error.starts_with(&format!(
+            "address not allowed: localhost:{} resolves to ",
+            watched.port()
+        )),
+        "{}",
+        record.error
+    );
+    assert_eq!(hop.count(), 1);
+    assert!(!watched.connected(), "the redirect target saw a connection");
+}
+
+#[test]
+fn credentials_do_not_follow_a_redirect_to_another_origin() {
+    let second = HttpServer::start(|_, _| Reply::status(200).body("second"));
+    let to = second.url("/landing");
+    // The first hop stays on the origin, the second leaves it (another port).
+    let first = HttpServer::start(move |_, n| {
+        if n == 0 {
+            Reply::status(307).header("Location", "/again")
+        } else {
+            Reply::status(307).header("Location", &to)
+        }
+    });
+    let run = Running::start(
+        "workers:
+  - type: http
+    allow_hosts: [\"127.0.0.1\"]
+    sensitive_headers: [X-Api-Key]
+",
+    );
+    let secret = [
+        "Authorization",
+        "Cookie",
+        "Proxy-Authorization",
+        "X-Api-Key",
+    ];
+    let mut headers: BTreeMap<&str, &str> = secret.iter().map(|h| (*h, "s3cret")).collect();
+    headers.insert("X-Trace", "t-1");
+    run.submit(json!({"url": first.url("/start"), "headers": headers}), 0);
+    assert_eq!(run.succeeded().output.as_deref(), Some("second"));
+    let seen = first.seen();
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        for h in secret {
+            assert_eq!(s.header(h), Some("s3cret"), "{} {h}", s.path());
+        }
+    }
+    let landed = second.seen();
+    assert_eq!(landed.len(), 1);
+    assert_eq!(landed[0].header("x-trace"), Some("t-1"));
+    for h in secret {
+        assert_eq!(landed[0].header(h), None, "{h} crossed origins");
+    }
+}
+
 /// The complete lines of a JSON-lines file (one being written may end in
 /// a partial line, which is not counted yet).
 fn raw_lines(path: &Path) -> Vec<String> {
@@ -524,6 +667,8 @@ fn the_binary_knows_the_http_worker_and_handlers_and_checks_their_options() {
         "retry_on",
         "max_redirects",
         "connect_timeout",
+        "sensitive_headers",
+        "failure_queue",
         "max_size",
         "retry_delay",
     ] {
@@ -545,6 +690,15 @@ fn the_binary_knows_the_http_worker_and_handlers_and_checks_their_options() {
             "workers:\n  - type: http\n    connect_timeout: soon\n",
             "connect_timeout",
         ),
+        (
+            "workers:\n  - type: http\n    sensitive_headers: [\"bad name\"]\n",
+            "sensitive_headers[0]",
+        ),
+        (
+            "workers:\n  - type: http\n    allow_hosts: [\"10.0.0.0/40\"]\n",
+            "allow_hosts[0]",
+        ),
+        ("manager:\n  failure_queue: 0\n", "failure_queue"),
         ("failure_handlers:\n  - type: http\n", "url: required"),
         ("failure_handlers:\n  - type: cli\n", "command: required"),
     ] {
