@@ -63,7 +63,7 @@ pub use config::{
     SecretEnv,
 };
 pub use error::{ConfigError, Error, PluginError};
-pub use failure::{FailureHandler, FailureHandlerType};
+pub use failure::{FailureHandler, FailureHandlerType, HandlerContext};
 pub use job::{
     Failure, FailureRecord, Job, JobStatus, MAX_JOB_TIMEOUT, Malformed, Outcome, Report, new_id,
     time_to_unix, unix_now, unix_to_time,

@@ -112,7 +112,7 @@ pub(crate) struct Manager {
     pub(crate) control: Receiver<Control>,
     pub(crate) pools: Vec<Pool>,
     pub(crate) providers: Vec<Arc<Health>>,
-    pub(crate) failures: Sender<FailureRecord>,
+    pub(crate) failures: crate::failure::FailureQueue,
     pub(crate) reader: StatsReader,
     pub(crate) stopping: Arc<AtomicBool>,
     /// Dropped when shutdown begins: providers selecting on the other end
@@ -617,11 +617,12 @@ impl Loop {
             self.inflight.len(),
             self.m.shutdown_timeout
         );
-        self.state = State::Draining {
-            deadline: Instant::now()
-                .checked_add(self.m.shutdown_timeout)
-                .unwrap_or_else(|| Instant::now() + FAR_FUTURE),
-        };
+        let deadline = Instant::now()
+            .checked_add(self.m.shutdown_timeout)
+            .unwrap_or_else(|| Instant::now() + FAR_FUTURE);
+        self.state = State::Draining { deadline };
+        // Failure handlers share this deadline; they get no second one.
+        self.m.failures.begin_shutdown(deadline);
         self.m.stopping.store(true, Ordering::Release);
         self.m.stop_signal = None;
         self.m.draining.store(true, Ordering::Release);

@@ -4,8 +4,7 @@
 
 use crate::config::{Config, PoolConfig};
 use crate::error::Error;
-use crate::failure::FailureHandler;
-use crate::job::FailureRecord;
+use crate::failure::{FailureHandler, HandlerContext};
 use crate::manager::{Control, Hooks, Manager, NoHooks, ShutdownReport};
 use crate::plugin::WorkerSpec;
 use crate::pool::Pool;
@@ -18,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Builds a [`Service`] from a config plus providers, pools and handlers
 /// added in code.
@@ -170,7 +170,10 @@ impl Service {
         let limit = threads + m.channel_bound;
         let (done_tx, done_rx) = crossbeam_channel::bounded(limit);
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
-        let (fail_tx, fail_rx) = crossbeam_channel::unbounded();
+        let reader = StatsReader::default();
+        let (fail_tx, fail_thread) =
+            crate::failure::queue(m.failure_queue, reader.failure_handlers_skipped());
+        let fail_clock = fail_thread.waiter();
         let stopping = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
         let types: Arc<HashSet<String>> =
@@ -229,11 +232,12 @@ impl Service {
         drop(done_tx);
         let aborters: Vec<_> = pools.iter().map(Pool::aborter).collect();
 
+        let (fail_done_tx, fail_done) = crossbeam_channel::bounded::<()>(0);
         let failures = spawn("goworker-failures", move || {
-            run_failure_handlers(fail_rx, config.failure_handlers)
+            fail_thread.run(config.failure_handlers);
+            drop(fail_done_tx);
         })?;
 
-        let reader = StatsReader::default();
         let (finished_tx, finished_rx) = crossbeam_channel::bounded::<()>(0);
         let mut provider_threads = Vec::new();
         for (p, ctx) in providers.into_iter().zip(contexts) {
@@ -277,7 +281,11 @@ impl Service {
             manager: Some(manager),
             providers: provider_threads,
             finished: Some(finished_tx),
-            failures: Some(failures),
+            failures: Some(FailureThread {
+                thread: failures,
+                done: fail_done,
+                clock: fail_clock,
+            }),
             stopping,
             stats_server,
         })
@@ -310,22 +318,53 @@ fn run_provider(
     p.finish();
 }
 
-fn run_failure_handlers(
-    rx: Receiver<FailureRecord>,
-    mut handlers: Vec<crate::config::HandlerConfig>,
-) {
-    for record in rx {
-        for h in &mut handlers {
-            if let Err(e) = h.handler.handle(&record) {
-                log::error!(
-                    "failure handler {}: job {}: {e}",
-                    h.name,
-                    record.id.as_deref().unwrap_or("-")
-                );
+/// The failure-handler thread, as `wait` sees it.
+struct FailureThread {
+    thread: JoinHandle<()>,
+    /// Disconnects when the thread ends.
+    done: Receiver<()>,
+    clock: HandlerContext,
+}
+
+impl FailureThread {
+    /// Waits for the handlers until what is left of the shutdown deadline,
+    /// then kills a handler's child and gives them a moment to notice.
+    fn join(self) {
+        let finished = match self.clock.deadline() {
+            Some(deadline) => {
+                if self
+                    .done
+                    .recv_deadline(deadline)
+                    .is_err_and(|e| e.is_timeout())
+                {
+                    log::warn!(
+                        "failure handlers still busy at the shutdown deadline; stopping them"
+                    );
+                    self.clock.abort();
+                    !self
+                        .done
+                        .recv_timeout(HANDLER_GRACE)
+                        .is_err_and(|e| e.is_timeout())
+                } else {
+                    true
+                }
             }
+            None => {
+                let _ = self.done.recv();
+                true
+            }
+        };
+        if finished {
+            let _ = self.thread.join();
+        } else {
+            log::error!("a failure handler did not stop; exiting without it");
         }
     }
 }
+
+/// How long handlers may take to give up once the deadline has killed
+/// their child or passed.
+const HANDLER_GRACE: Duration = Duration::from_secs(2);
 
 /// A running service: read its stats, stop it, wait for it.
 pub struct RunningService {
@@ -336,7 +375,7 @@ pub struct RunningService {
     manager: Option<JoinHandle<ShutdownReport>>,
     providers: Vec<JoinHandle<()>>,
     finished: Option<Sender<()>>,
-    failures: Option<JoinHandle<()>>,
+    failures: Option<FailureThread>,
     stopping: Arc<AtomicBool>,
     stats_server: Option<StatsServer>,
 }
@@ -430,7 +469,7 @@ impl RunningService {
             let _ = p.join();
         }
         if let Some(f) = self.failures.take() {
-            let _ = f.join();
+            f.join();
         }
         if let Some(s) = self.stats_server.take() {
             s.stop();

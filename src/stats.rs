@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -202,12 +203,18 @@ pub struct Snapshot {
     pub jobs_per_sec: f64,
     /// Outcomes by (type, provider), for pairs that have seen a job.
     pub by_type_and_provider: Vec<PairStats>,
+    /// Failure records that skipped the failure handlers (their queue was
+    /// full, or the shutdown deadline passed); their dead-letter records
+    /// are stored all the same.
+    pub failure_handlers_skipped: u64,
 }
 
 /// Where the manager publishes snapshots; cheap to clone and read.
 #[derive(Debug, Clone, Default)]
 pub struct StatsReader {
     latest: Arc<Mutex<Arc<Snapshot>>>,
+    /// Counted by the failure-handler queue, off the manager thread.
+    failure_handlers_skipped: Arc<AtomicU64>,
 }
 
 impl StatsReader {
@@ -216,7 +223,13 @@ impl StatsReader {
         self.latest.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    pub(crate) fn publish(&self, s: Snapshot) {
+    /// The counter behind [`Snapshot::failure_handlers_skipped`].
+    pub(crate) fn failure_handlers_skipped(&self) -> Arc<AtomicU64> {
+        self.failure_handlers_skipped.clone()
+    }
+
+    pub(crate) fn publish(&self, mut s: Snapshot) {
+        s.failure_handlers_skipped = self.failure_handlers_skipped.load(Ordering::Relaxed);
         if let Ok(mut l) = self.latest.lock() {
             *l = Arc::new(s);
         }

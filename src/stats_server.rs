@@ -278,6 +278,13 @@ impl Collector for SnapshotCollector {
             }
         }
         e.encode_descriptor(
+            "goworker_failure_handler_skipped",
+            "Failure records that skipped the failure handlers (queue full or shutdown deadline passed); their dead letters are stored",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&s.failure_handlers_skipped, None)?;
+        e.encode_descriptor(
             "goworker_uptime_seconds",
             "Seconds since the service started",
             None,

@@ -43,7 +43,14 @@ pub struct ManagerConfig {
     pub retry: Backoff,
     /// Output bytes kept per attempt. Default 64 KiB.
     pub capture_limit: usize,
+    /// Failure records queued for the failure handlers. Default 10,000.
+    pub failure_queue: usize,
 }
+
+/// Default of `manager.failure_queue`.
+pub(crate) const DEFAULT_FAILURE_QUEUE: usize = 10_000;
+/// Largest `manager.failure_queue` (the queue is allocated up front).
+pub(crate) const MAX_FAILURE_QUEUE: usize = 1_000_000;
 
 impl Default for ManagerConfig {
     fn default() -> ManagerConfig {
@@ -53,6 +60,7 @@ impl Default for ManagerConfig {
             channel_bound: 1024,
             retry: Backoff::default(),
             capture_limit: 64 * 1024,
+            failure_queue: DEFAULT_FAILURE_QUEUE,
         }
     }
 }

@@ -35,6 +35,8 @@ pub(crate) struct RawManager {
     pub(crate) retry: RawRetry,
     /// Bytes of output kept for jobs with capture_output.
     pub(crate) capture_limit: usize,
+    /// Failure records queued for the failure handlers (1 to 1,000,000); when full, records skip the handlers (their dead letters are still stored) and are counted.
+    pub(crate) failure_queue: usize,
 }
 
 impl Default for RawManager {
@@ -45,6 +47,7 @@ impl Default for RawManager {
             channel_bound: 1024,
             retry: RawRetry::default(),
             capture_limit: 64 * 1024,
+            failure_queue: super::DEFAULT_FAILURE_QUEUE,
         }
     }
 }

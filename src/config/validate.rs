@@ -5,7 +5,9 @@
 use super::locate::{Seg, locate, parse_path, path_text};
 use super::raw::{RawConfig, RawManager};
 use super::set::Override;
-use super::{Config, HandlerConfig, ManagerConfig, PoolConfig, ProviderConfig, SecretEnv};
+use super::{
+    Config, HandlerConfig, MAX_FAILURE_QUEUE, ManagerConfig, PoolConfig, ProviderConfig, SecretEnv,
+};
 use crate::backoff::Backoff;
 use crate::duration::Written;
 use crate::error::ConfigError;
@@ -181,6 +183,12 @@ impl Parser<'_> {
                 "must be at least 1",
             ));
         }
+        if !(1..=MAX_FAILURE_QUEUE).contains(&raw.failure_queue) {
+            return Err(self.error(
+                vec![Seg::Key("manager".into()), Seg::Key("failure_queue".into())],
+                format!("must be between 1 and {MAX_FAILURE_QUEUE}"),
+            ));
+        }
         let defaults = Backoff::default();
         let base = match &raw.retry.base {
             Some(v) => self.duration(&["manager", "retry", "base"], v)?,
@@ -201,6 +209,7 @@ impl Parser<'_> {
                 jitter: raw.retry.jitter.unwrap_or(defaults.jitter),
             },
             capture_limit: raw.capture_limit,
+            failure_queue: raw.failure_queue,
         })
     }
 

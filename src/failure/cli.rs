@@ -6,7 +6,7 @@
 //! own process group (killed with everything it started at `timeout`).
 //! Spawning and waiting are the `cli` worker's.
 
-use super::{FailureHandler, FailureHandlerType};
+use super::{FailureHandler, FailureHandlerType, HandlerContext};
 use crate::error::PluginError;
 use crate::job::FailureRecord;
 use crate::worker::SecretEnv;
@@ -90,9 +90,22 @@ impl FailureHandler for CliHandler {
     }
 
     fn handle(&mut self, record: &FailureRecord) -> Result<(), String> {
+        self.handle_within(record, &HandlerContext::default())
+    }
+
+    fn handle_within(
+        &mut self,
+        record: &FailureRecord,
+        ctx: &HandlerContext,
+    ) -> Result<(), String> {
         let json = serde_json::to_vec(record).map_err(|e| e.to_string())?;
         let program =
             resolve(&self.command).ok_or_else(|| format!("command not found: {}", self.command))?;
+        // At shutdown the command gets what is left of the deadline.
+        let timeout = match ctx.remaining() {
+            Some(left) => self.timeout.min(left),
+            None => self.timeout,
+        };
         let spawn = Spawn {
             program: &program,
             arg0: &self.command,
@@ -106,19 +119,24 @@ impl FailureHandler for CliHandler {
             secret_env: &self.secret_env,
             cwd: self.cwd.as_deref(),
             stdin: Some(json),
-            timeout: Some(self.timeout),
+            timeout: Some(timeout),
             limit: 4096,
         };
-        let run = spawn_and_wait(spawn, &|_| {}).map_err(|e| format!("{}: {e}", self.command))?;
+        let run = spawn_and_wait(spawn, &|g| ctx.set_process_group(g))
+            .map_err(|e| format!("{}: {e}", self.command))?;
         if run.timed_out.is_some() {
             return Err(format!(
                 "{}: timed out after {}",
                 self.command,
-                humantime::format_duration(self.timeout)
+                humantime::format_duration(timeout)
             ));
         }
         match run.status {
             Some(s) if s.success() => Ok(()),
+            Some(s) if ctx.is_aborted() => Err(format!(
+                "{}: stopped at the shutdown deadline ({s})",
+                self.command
+            )),
             Some(s) => {
                 let last = run.last_line();
                 let mut m = format!("{}: {s}", self.command);

@@ -5,12 +5,20 @@
 //! `max_size`, `path` becomes `path.1`, `path.1` becomes `path.2` and so
 //! on; at most `keep` old files are kept. A line is never split across
 //! files, so every file holds whole JSON lines.
+//!
+//! Several processes may share one file: each record is written under an
+//! exclusive `flock(2)` on the sibling `PATH.lock` (which never rotates),
+//! held across the size check, the rotation and the append. A handler
+//! whose open file was rotated away by another process notices (the
+//! path's inode changed) and reopens `PATH` before writing.
 
 use super::{FailureHandler, FailureHandlerType};
 use crate::error::PluginError;
 use crate::job::FailureRecord;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Options of the `file` failure handler.
@@ -50,21 +58,58 @@ impl FailureHandlerType for FileHandlerType {
         if path.as_os_str().is_empty() {
             return Err("path: empty".into());
         }
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
         Ok(Box::new(FileHandler {
             path,
+            lock_path: PathBuf::from(lock_path),
             max_size: options.max_size,
             keep: options.keep,
             file: None,
+            lock: None,
         }))
     }
 }
 
 struct FileHandler {
     path: PathBuf,
+    /// `PATH.lock`, locked around every write.
+    lock_path: PathBuf,
     max_size: u64,
     keep: u32,
-    /// The open file and its size.
-    file: Option<(File, u64)>,
+    /// The open file.
+    file: Option<File>,
+    /// The open lock file.
+    lock: Option<File>,
+}
+
+/// Holds an exclusive `flock` until dropped.
+struct Locked(i32);
+
+impl Locked {
+    fn take(file: &File) -> std::io::Result<Locked> {
+        let fd = file.as_raw_fd();
+        loop {
+            // SAFETY: flock(2) on a descriptor we own; no memory involved.
+            if unsafe { libc::flock(fd, libc::LOCK_EX) } == 0 {
+                return Ok(Locked(fd));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // SAFETY: as above; the lock file outlives the guard (it stays open
+        // in the handler while a record is written).
+        unsafe {
+            libc::flock(self.0, libc::LOCK_UN);
+        }
+    }
 }
 
 fn ctx(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
@@ -79,20 +124,49 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
 }
 
 impl FileHandler {
-    fn open(&mut self) -> Result<(), String> {
-        if self.file.is_some() {
-            return Ok(());
-        }
+    fn ensure_dir(&self) -> Result<(), String> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(ctx(dir))?;
         }
+        Ok(())
+    }
+
+    /// Takes the lock shared with every process writing `path`.
+    fn lock(&mut self) -> Result<Locked, String> {
+        if self.lock.is_none() {
+            self.ensure_dir()?;
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&self.lock_path)
+                .map_err(ctx(&self.lock_path))?;
+            self.lock = Some(f);
+        }
+        let lock = self.lock.as_ref().ok_or("lock file not open")?;
+        Locked::take(lock).map_err(ctx(&self.lock_path))
+    }
+
+    /// Opens `path`, or reopens it when another process rotated the file
+    /// this handler holds. Called with the lock held.
+    fn open(&mut self) -> Result<(), String> {
+        if let Some(f) = &self.file {
+            let held = f.metadata().map_err(ctx(&self.path))?;
+            match std::fs::metadata(&self.path) {
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ctx(&self.path)(e)),
+            }
+            self.file = None;
+        }
+        self.ensure_dir()?;
         let f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
             .map_err(ctx(&self.path))?;
-        let size = f.metadata().map_err(ctx(&self.path))?.len();
-        self.file = Some((f, size));
+        self.file = Some(f);
         Ok(())
     }
 
@@ -130,21 +204,23 @@ impl FileHandler {
     }
 
     fn append(&mut self, line: &[u8]) -> Result<(), String> {
+        let _locked = self.lock()?;
         self.open()?;
-        let full = self
-            .file
-            .as_ref()
-            .is_some_and(|(_, size)| *size > 0 && size + line.len() as u64 > self.max_size);
+        // The size on disk, not a count of our own writes: other processes
+        // append too.
+        let size = match &self.file {
+            Some(f) => f.metadata().map_err(ctx(&self.path))?.len(),
+            None => 0,
+        };
+        let full = size > 0 && size.saturating_add(line.len() as u64) > self.max_size;
         if self.max_size > 0 && full {
             self.rotate()?;
             self.open()?;
         }
-        let (f, size) = self.file.as_mut().ok_or("file not open")?;
+        let f = self.file.as_mut().ok_or("file not open")?;
         f.write_all(line)
             .and_then(|()| f.sync_data())
-            .map_err(ctx(&self.path))?;
-        *size += line.len() as u64;
-        Ok(())
+            .map_err(ctx(&self.path))
     }
 }
 
@@ -216,11 +292,13 @@ mod tests {
     #[test]
     fn an_unwritable_path_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
-        let mut h = handler(dir.path(), 0, 0); // a directory
+        let sub = dir.path().join("d");
+        std::fs::create_dir(&sub).unwrap();
+        let mut h = handler(&sub, 0, 0); // a directory
         let job = Job::new("http", serde_json::json!({}));
         let err = h
             .handle(&FailureRecord::for_job("m", &job, "x", None))
             .unwrap_err();
-        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+        assert!(err.contains(&sub.display().to_string()), "{err}");
     }
 }

@@ -7,7 +7,7 @@
 //! record never travels to a host the operator did not name. Header values
 //! (tokens) are never logged.
 
-use super::{FailureHandler, FailureHandlerType};
+use super::{FailureHandler, FailureHandlerType, HandlerContext};
 use crate::backoff::{Backoff, Jitter};
 use crate::error::PluginError;
 use crate::job::FailureRecord;
@@ -101,13 +101,17 @@ struct HttpHandler {
 type Attempt = Result<(), (String, bool)>;
 
 impl HttpHandler {
-    fn post(&self, body: &[u8]) -> Attempt {
+    /// One POST; `left` is what remains of the shutdown deadline, if any.
+    fn post(&self, body: &[u8], left: Option<Duration>) -> Attempt {
         let mut req = self
             .agent
             .post(&self.url)
             .header("content-type", "application/json");
         for (k, v) in &self.headers {
             req = req.header(k, v);
+        }
+        if let Some(left) = left {
+            req = req.config().timeout_global(Some(left)).build();
         }
         let mut resp = match req.send(body) {
             Ok(r) => r,
@@ -139,18 +143,33 @@ impl HttpHandler {
 
 impl FailureHandler for HttpHandler {
     fn handle(&mut self, record: &FailureRecord) -> Result<(), String> {
+        self.handle_within(record, &HandlerContext::default())
+    }
+
+    fn handle_within(
+        &mut self,
+        record: &FailureRecord,
+        ctx: &HandlerContext,
+    ) -> Result<(), String> {
         let body = serde_json::to_vec(record).map_err(|e| e.to_string())?;
         let mut attempt = 1;
         loop {
-            match self.post(&body) {
+            let result = match ctx.remaining() {
+                Some(left) if left.is_zero() => Err(("shutdown deadline passed".into(), false)),
+                left => self.post(&body, left),
+            };
+            match result {
                 Ok(()) => return Ok(()),
-                Err((m, retry)) if retry && attempt <= self.retries => {
-                    let wait = self.backoff.cap(attempt);
+                Err((m, retry)) if retry && attempt <= self.retries && !ctx.is_aborted() => {
+                    let mut wait = self.backoff.cap(attempt);
+                    if let Some(left) = ctx.remaining() {
+                        wait = wait.min(left);
+                    }
                     log::warn!(
                         "http failure handler: POST {} attempt {attempt} failed: {m}; retry in {wait:?}",
                         self.url
                     );
-                    std::thread::sleep(wait);
+                    ctx.sleep(wait);
                     attempt += 1;
                 }
                 Err((m, _)) => {

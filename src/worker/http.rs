@@ -6,6 +6,14 @@
 //! not inside ureq, so that every hop is checked against `allow_hosts`
 //! before any connection is made, and so that the limit is exact.
 //!
+//! Names are checked twice: the host against `allow_hosts`, then every
+//! address it resolves to against a deny list (loopback, private,
+//! link-local, …) unless `allow_hosts` names that address explicitly (an
+//! IP or a CIDR). The check runs in the agent's resolver, so ureq connects
+//! to exactly the addresses that passed: a name is resolved once per
+//! request, never again between the check and the connection (DNS
+//! rebinding).
+//!
 //! Classification: 2xx succeeds; a status in `retry_on` (default 5xx and
 //! 429), a timeout or a connection error is retryable; every other status,
 //! a refused host, bad params and the redirect limit are final.
@@ -17,6 +25,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use url::{Host, Url};
@@ -35,7 +44,7 @@ const SNIPPET: usize = 200;
 #[derive(Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct HttpOptions {
-    /// Hosts jobs may call: `host` (any port) or `host:port`; `*` allows any. Checked before connecting and on every redirect. Empty: nothing is called.
+    /// Hosts jobs may call: `host` (any port), `host:port`, an IP network `10.0.0.0/8`, or `*` (any host). Checked before connecting and on every redirect. Loopback, private, link-local and other internal addresses are refused unless named here as an IP or CIDR. Empty: nothing is called.
     pub(crate) allow_hosts: Vec<String>,
     /// Response statuses that are retried: numbers (`503`) or classes (`"5xx"`). Every other non-2xx status is final.
     pub(crate) retry_on: Vec<StatusMatch>,
@@ -43,6 +52,8 @@ pub(crate) struct HttpOptions {
     pub(crate) max_redirects: u32,
     /// Limit on connecting (DNS, TCP, TLS); the attempt's `timeout` (default 60s) bounds every phase and is checked for the whole attempt.
     pub(crate) connect_timeout: String,
+    /// Request headers dropped when a redirect leaves the job's origin, beside Authorization, Cookie and Proxy-Authorization (always dropped).
+    pub(crate) sensitive_headers: Vec<String>,
 }
 
 impl Default for HttpOptions {
@@ -52,6 +63,7 @@ impl Default for HttpOptions {
             retry_on: vec![StatusMatch::Class("5xx".into()), StatusMatch::Code(429)],
             max_redirects: 5,
             connect_timeout: "10s".into(),
+            sensitive_headers: Vec::new(),
         }
     }
 }
@@ -111,6 +123,58 @@ impl RetryOn {
 enum AllowEntry {
     Any,
     Host(Host<String>, Option<u16>),
+    Net(Net),
+}
+
+/// An IP network: `addr/prefix`, `addr` already masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    fn parse(text: &str) -> Result<Net, String> {
+        let (addr, prefix) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?}: not a CIDR"))?;
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{text:?}: bad network address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("{text:?}: bad prefix length (0 to {max})"))?;
+        Ok(Net {
+            addr: mask(addr, prefix),
+            prefix,
+        })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
+    }
+}
+
+/// `ip` with all but its first `prefix` bits cleared.
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let m = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
+        }
+    }
 }
 
 /// A validated host allow list.
@@ -135,10 +199,34 @@ impl AllowHosts {
         let (Some(host), Some(port)) = (url.host(), url.port_or_known_default()) else {
             return false;
         };
+        let ip = match host {
+            Host::Ipv4(a) => Some(IpAddr::V4(a)),
+            Host::Ipv6(a) => Some(IpAddr::V6(a)),
+            Host::Domain(_) => None,
+        };
         let host = host.to_owned();
         self.entries.iter().any(|e| match e {
             AllowEntry::Any => true,
             AllowEntry::Host(h, p) => *h == host && p.is_none_or(|p| p == port),
+            AllowEntry::Net(n) => ip.is_some_and(|ip| n.contains(ip.to_canonical())),
+        })
+    }
+
+    /// Whether an entry names this address itself (an IP, with the port if
+    /// it gives one, or a network holding it): only then may an internal
+    /// address be called.
+    pub(crate) fn names_address(&self, addr: SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        self.entries.iter().any(|e| match e {
+            AllowEntry::Any => false,
+            AllowEntry::Host(Host::Ipv4(a), p) => {
+                ip == IpAddr::V4(*a) && p.is_none_or(|p| p == addr.port())
+            }
+            AllowEntry::Host(Host::Ipv6(a), p) => {
+                ip == IpAddr::V6(*a).to_canonical() && p.is_none_or(|p| p == addr.port())
+            }
+            AllowEntry::Host(Host::Domain(_), _) => false,
+            AllowEntry::Net(n) => n.contains(ip),
         })
     }
 
@@ -153,6 +241,9 @@ fn parse_allow_entry(e: &str) -> Result<AllowEntry, String> {
     }
     if e.is_empty() {
         return Err("empty host".into());
+    }
+    if e.contains('/') {
+        return Net::parse(e).map(AllowEntry::Net);
     }
     // `[v6]:port`, `[v6]`, bare `v6` (several colons), `host:port`, `host`.
     let (host, port) = if let Some(rest) = e.strip_prefix('[') {
@@ -186,6 +277,139 @@ fn parse_allow_entry(e: &str) -> Result<AllowEntry, String> {
     Ok(AllowEntry::Host(host, port))
 }
 
+/// Why an address is internal (not for jobs unless named explicitly), or
+/// `None` for a public address. IPv4 addresses embedded in IPv6 (mapped,
+/// compatible, NAT64, 6to4) are judged as the IPv4 address.
+pub(crate) fn internal(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(a) => internal_v4(a),
+        IpAddr::V6(a) => internal_v6(a),
+    }
+}
+
+fn internal_v4(a: Ipv4Addr) -> Option<&'static str> {
+    let [b0, b1, b2, _] = a.octets();
+    Some(match (b0, b1, b2) {
+        (0, ..) => "unspecified",
+        (127, ..) => "loopback",
+        (10, ..) | (192, 168, _) => "private",
+        (172, 16..=31, _) => "private",
+        (169, 254, _) => "link-local",
+        (100, 64..=127, _) => "shared (carrier-grade NAT)",
+        (192, 0, 0) => "IETF protocol assignment",
+        (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation",
+        (198, 18..=19, _) => "benchmarking",
+        (224..=239, ..) => "multicast",
+        (240..=255, ..) => "reserved or broadcast",
+        _ => return None,
+    })
+}
+
+fn internal_v6(a: Ipv6Addr) -> Option<&'static str> {
+    let s = a.segments();
+    let embedded = |hi: usize| Ipv4Addr::from((u32::from(s[hi]) << 16) | u32::from(s[hi + 1]));
+    if a.is_unspecified() {
+        return Some("unspecified");
+    }
+    if a.is_loopback() {
+        return Some("loopback");
+    }
+    if let Some(v4) = a.to_ipv4_mapped() {
+        return internal_v4(v4);
+    }
+    match s[0] {
+        // ::a.b.c.d (deprecated IPv4-compatible) and 64:ff9b::a.b.c.d (NAT64).
+        0 if s[1..6].iter().all(|x| *x == 0) => internal_v4(embedded(6)).or(Some("reserved")),
+        0x64 if s[1] == 0xff9b && s[2..6].iter().all(|x| *x == 0) => internal_v4(embedded(6)),
+        0x2002 => internal_v4(embedded(1)), // 6to4
+        0x2001 if s[1] == 0x0db8 => Some("documentation"),
+        0x0100 if s[1..4].iter().all(|x| *x == 0) => Some("discard-only"),
+        x if x & 0xfe00 == 0xfc00 => Some("private (unique local)"),
+        x if x & 0xffc0 == 0xfe80 => Some("link-local"),
+        x if x & 0xffc0 == 0xfec0 => Some("site-local"),
+        x if x & 0xff00 == 0xff00 => Some("multicast"),
+        _ => None,
+    }
+}
+
+/// The `http` worker's resolver: resolves as ureq would (IP literals
+/// without a lookup), then keeps only the addresses jobs may reach. ureq
+/// connects to what this returns, so nothing is resolved twice.
+#[derive(Debug)]
+struct CheckedResolver {
+    allow: Arc<AllowHosts>,
+    inner: ureq::unversioned::resolver::DefaultResolver,
+}
+
+/// Why the resolver refused every address of a host: a final failure.
+#[derive(Debug)]
+struct AddressRefused(String);
+
+impl std::fmt::Display for AddressRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AddressRefused {}
+
+impl ureq::unversioned::resolver::Resolver for CheckedResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.host().unwrap_or("");
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok();
+        let found = match literal {
+            Some(ip) => {
+                let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                    Some("https") => 443,
+                    _ => 80,
+                });
+                let mut one = self.empty();
+                one.push(SocketAddr::new(ip, port));
+                one
+            }
+            None => self.inner.resolve(uri, config, timeout)?,
+        };
+        let mut kept = self.empty();
+        let mut refused = None;
+        for &addr in &found {
+            match internal(addr.ip()) {
+                Some(why) if !self.allow.names_address(addr) => {
+                    refused.get_or_insert((addr, why));
+                }
+                _ => kept.push(addr),
+            }
+        }
+        match (kept.is_empty(), refused) {
+            (true, Some((addr, why))) => {
+                let port = addr.port();
+                let name = if literal.is_some() {
+                    String::new()
+                } else {
+                    format!("{host}:{port} resolves to ")
+                };
+                Err(ureq::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    AddressRefused(format!(
+                        "address not allowed: {name}{} ({why}); name it as an IP or CIDR in allow_hosts to call it",
+                        SocketAddr::new(addr.ip(), port)
+                    )),
+                )))
+            }
+            (true, None) => Err(ureq::Error::HostNotFound),
+            (false, _) => Ok(kept),
+        }
+    }
+}
+
 /// Parses a duration option such as `"10s"`.
 pub(crate) fn parse_duration(key: &str, text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{key}: {text:?}: {e}"))
@@ -196,6 +420,7 @@ pub(crate) fn parse_duration(key: &str, text: &str) -> Result<Duration, String> 
 pub(crate) struct Http {
     allow: Arc<AllowHosts>,
     retry_on: Arc<RetryOn>,
+    sensitive: Arc<Vec<ureq::http::HeaderName>>,
     max_redirects: u32,
     connect_timeout: Duration,
     timeout: Duration,
@@ -215,9 +440,22 @@ impl WorkerType for Http {
                 pool.name
             );
         }
+        let mut sensitive = vec![
+            ureq::http::header::AUTHORIZATION,
+            ureq::http::header::COOKIE,
+            ureq::http::header::PROXY_AUTHORIZATION,
+        ];
+        for (i, h) in o.sensitive_headers.iter().enumerate() {
+            let name = ureq::http::HeaderName::from_bytes(h.trim().as_bytes())
+                .map_err(|_| format!("sensitive_headers[{i}]: {h:?} is not a header name"))?;
+            if !sensitive.contains(&name) {
+                sensitive.push(name);
+            }
+        }
         Ok(Http {
             allow: Arc::new(allow),
             retry_on: Arc::new(RetryOn::parse(&o.retry_on)?),
+            sensitive: Arc::new(sensitive),
             max_redirects: o.max_redirects,
             connect_timeout: parse_duration("connect_timeout", &o.connect_timeout)?,
             timeout: pool.timeout.unwrap_or(DEFAULT_TIMEOUT),
@@ -226,11 +464,12 @@ impl WorkerType for Http {
 
     fn new_worker(&self) -> Box<dyn Worker> {
         Box::new(HttpWorker {
-            agent: agent(self.connect_timeout, self.timeout),
+            agent: checked_agent(self.connect_timeout, self.timeout, self.allow.clone()),
             connect_timeout: self.connect_timeout,
             timeout: self.timeout,
             allow: self.allow.clone(),
             retry_on: self.retry_on.clone(),
+            sensitive: self.sensitive.clone(),
             max_redirects: self.max_redirects,
         })
     }
@@ -258,12 +497,35 @@ macro_rules! phases {
 /// would do that too, but it costs ~60 µs a request on loopback (measured;
 /// see BENCHMARKS.md), more than the rest of the request.
 pub(crate) fn agent(connect_timeout: Duration, timeout: Duration) -> ureq::Agent {
+    config(connect_timeout, timeout).build().into()
+}
+
+fn config(
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
     phases!(ureq::Agent::config_builder(), connect_timeout, timeout)
         .http_status_as_error(false)
         .max_redirects(0)
         .user_agent(concat!("goworker/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
+}
+
+/// [`agent`] for jobs: it connects only to addresses that pass the
+/// [`CheckedResolver`], and ignores proxy variables (a proxy would resolve
+/// names where they cannot be checked).
+fn checked_agent(
+    connect_timeout: Duration,
+    timeout: Duration,
+    allow: Arc<AllowHosts>,
+) -> ureq::Agent {
+    ureq::Agent::with_parts(
+        config(connect_timeout, timeout).proxy(None).build(),
+        ureq::unversioned::transport::DefaultConnector::default(),
+        CheckedResolver {
+            allow,
+            inner: ureq::unversioned::resolver::DefaultResolver::default(),
+        },
+    )
 }
 
 /// `params` of an `http` job.
@@ -287,6 +549,7 @@ struct HttpWorker {
     timeout: Duration,
     allow: Arc<AllowHosts>,
     retry_on: Arc<RetryOn>,
+    sensitive: Arc<Vec<ureq::http::HeaderName>>,
     max_redirects: u32,
 }
 
@@ -503,7 +766,7 @@ impl HttpWorker {
                         ));
                     }
                 };
-                redirect(&mut call, status.as_u16(), next);
+                redirect(&mut call, status.as_u16(), next, &self.sensitive);
                 hops += 1;
                 continue;
             }
@@ -523,7 +786,7 @@ impl HttpWorker {
 
 /// Moves `call` to the redirect target, as browsers and ureq do: 303 (and
 /// 301/302 after a POST) turn into a bodyless GET; 307/308 keep both.
-fn redirect(call: &mut Call, status: u16, next: Url) {
+fn redirect(call: &mut Call, status: u16, next: Url, sensitive: &[ureq::http::HeaderName]) {
     use ureq::http::Method;
     let to_get = status == 303 || (matches!(status, 301 | 302) && call.method == Method::POST);
     if to_get && call.method != Method::HEAD {
@@ -533,10 +796,8 @@ fn redirect(call: &mut Call, status: u16, next: Url) {
             .retain(|(n, _)| n != ureq::http::header::CONTENT_TYPE);
     }
     if call.url.origin() != next.origin() {
-        // Credentials are for the host the job named, not the one it bounced to.
-        call.headers.retain(|(n, _)| {
-            n != ureq::http::header::AUTHORIZATION && n != ureq::http::header::COOKIE
-        });
+        // Credentials are for the origin the job named, not the one it bounced to.
+        call.headers.retain(|(n, _)| !sensitive.contains(n));
     }
     call.url = next;
 }
@@ -620,6 +881,9 @@ fn classify(e: ureq::Error, url: &Url, timeout: Duration) -> Ended {
     match e {
         ureq::Error::Timeout(_) => timed_out(timeout),
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => timed_out(timeout),
+        ureq::Error::Io(io) if io.get_ref().is_some_and(|e| e.is::<AddressRefused>()) => {
+            Ended::Refused(io.to_string())
+        }
         ureq::Error::Io(io) => Ended::Retryable(format!("{target}: {io}")),
         ureq::Error::HostNotFound => Ended::Retryable(format!("{target}: host not found")),
         ureq::Error::ConnectionFailed => Ended::Retryable(format!("{target}: connection failed")),
@@ -655,6 +919,81 @@ mod tests {
         assert!(any.allows(&Url::parse("http://anything:1/").unwrap()));
         assert!(AllowHosts::parse(&["host:notaport".into()]).is_err());
         assert!(AllowHosts::parse(&["".into()]).is_err());
+    }
+
+    #[test]
+    fn internal_addresses_and_their_embedded_forms() {
+        let why = |a: &str| internal(a.parse().unwrap());
+        for (addr, want) in [
+            ("127.0.0.1", "loopback"),
+            ("127.8.9.10", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("::127.0.0.1", "loopback"),
+            ("64:ff9b::7f00:1", "loopback"),
+            ("2002:7f00:1::", "loopback"),
+            ("0.0.0.0", "unspecified"),
+            ("::", "unspecified"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("172.31.255.255", "private"),
+            ("192.168.1.1", "private"),
+            ("::ffff:10.0.0.1", "private"),
+            ("fd12:3456::1", "private (unique local)"),
+            ("fc00::1", "private (unique local)"),
+            ("169.254.169.254", "link-local"),
+            ("::ffff:169.254.169.254", "link-local"),
+            ("fe80::1", "link-local"),
+            ("100.64.0.1", "shared (carrier-grade NAT)"),
+            ("192.0.2.1", "documentation"),
+            ("2001:db8::1", "documentation"),
+            ("224.0.0.1", "multicast"),
+            ("ff02::1", "multicast"),
+            ("255.255.255.255", "reserved or broadcast"),
+        ] {
+            assert_eq!(why(addr), Some(want), "{addr}");
+        }
+        for public in [
+            "93.184.216.34",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+            "64:ff9b::101:101",
+        ] {
+            assert_eq!(why(public), None, "{public}");
+        }
+    }
+
+    #[test]
+    fn only_ip_and_cidr_entries_name_an_address() {
+        let a = AllowHosts::parse(&[
+            "*".into(),
+            "localhost".into(),
+            "127.0.0.1:8080".into(),
+            "10.0.0.0/8".into(),
+            "[::1]".into(),
+            "fd00::/8".into(),
+        ])
+        .unwrap();
+        let named = |s: &str| a.names_address(s.parse().unwrap());
+        assert!(named("127.0.0.1:8080"));
+        assert!(named("[::ffff:127.0.0.1]:8080"));
+        assert!(!named("127.0.0.1:8081"));
+        assert!(named("10.200.3.4:1"));
+        assert!(!named("11.0.0.1:1"));
+        assert!(named("[::1]:9"));
+        assert!(named("[fd12::1]:443"));
+        assert!(!named("[fe80::1]:443"));
+        let only_names = AllowHosts::parse(&["*".into(), "localhost".into()]).unwrap();
+        assert!(!only_names.names_address("127.0.0.1:80".parse().unwrap()));
+        // A CIDR allows IP-literal URLs inside it, at any port.
+        let nets = AllowHosts::parse(&["127.0.0.0/8".into()]).unwrap();
+        assert!(nets.allows(&Url::parse("http://127.3.2.1:9/").unwrap()));
+        assert!(!nets.allows(&Url::parse("http://localhost:9/").unwrap()));
+        for bad in ["10.0.0.0/33", "fd00::/129", "nope/8", "10.0.0.0/x"] {
+            assert!(AllowHosts::parse(&[bad.into()]).is_err(), "{bad}");
+        }
     }
 
     #[test]

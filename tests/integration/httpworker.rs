@@ -344,6 +344,149 @@ fn a_host_not_on_allow_hosts_is_refused_without_connecting() {
     assert!(!watched.connected(), "a refused host saw a connection");
 }
 
+#[test]
+fn a_name_that_resolves_to_an_internal_address_is_refused() {
+    let watched = Watched::bind();
+    let port = watched.port();
+    let run = Running::start(
+        "workers:
+  - type: http
+    allow_hosts: [localhost]
+  - type: http
+    name: http-any
+    allow_hosts: [\"*\"]
+",
+    );
+    // `localhost` is on the list, but a name is not an address.
+    run.submit(json!({"url": format!("http://localhost:{port}/")}), 3);
+    let (report, record) = run.failed();
+    assert_eq!(report.attempts, 1, "final: {record:?}");
+    assert!(
+        record.error.starts_with(&format!(
+            "address not allowed: localhost:{port} resolves to "
+        )) && record.error.contains("(loopback)"),
+        "{}",
+        record.error
+    );
+    // `*` allows every host, and no internal address.
+    for (url, why) in [
+        (format!("http://localhost:{port}/"), "(loopback)"),
+        (format!("http://127.0.0.1:{port}/"), "(loopback)"),
+        (format!("http://[::ffff:127.0.0.1]:{port}/"), "(loopback)"),
+        (
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            "169.254.169.254:80 (link-local)",
+        ),
+    ] {
+        let mut job = Job::new("http-any", json!({"url": url}));
+        job.retries = 3;
+        run.handle.submit(job).unwrap();
+        let (report, record) = run.failed();
+        assert_eq!(report.attempts, 1, "{url}: {record:?}");
+        assert!(
+            record.error.starts_with("address not allowed: ") && record.error.contains(why),
+            "{url}: {}",
+            record.error
+        );
+    }
+    assert!(!watched.connected(), "a refused address saw a connection");
+}
+
+#[test]
+fn an_ip_or_a_cidr_in_allow_hosts_names_a_local_address() {
+    let server = HttpServer::start(|_, _| Reply::status(200).body("local"));
+    let run = Running::start(&format!(
+        "workers:
+  - type: http
+    allow_hosts: [\"127.0.0.0/8\"]
+  - type: http
+    name: http-named
+    allow_hosts: [localhost, \"127.0.0.1:{}\"]
+",
+        server.port
+    ));
+    run.submit(json!({"url": server.url("/cidr")}), 0);
+    assert_eq!(run.succeeded().output.as_deref(), Some("local"));
+    // A name reaches an internal address once that address is named too.
+    run.handle
+        .submit(Job::new(
+            "http-named",
+            json!({"url": format!("http://localhost:{}/named", server.port)}),
+        ))
+        .unwrap();
+    assert!(matches!(run.settle(), Settled::Succeeded(_)));
+    let paths: Vec<_> = server.seen().iter().map(|s| s.path().to_string()).collect();
+    assert_eq!(paths, ["/cidr", "/named"]);
+}
+
+#[test]
+fn a_redirect_to_an_internal_address_is_refused() {
+    let watched = Watched::bind();
+    let to = format!("http://localhost:{}/admin", watched.port());
+    let hop = HttpServer::start(move |_, _| Reply::status(302).header("Location", &to));
+    let run = Running::start(&format!(
+        "workers:\n  - type: http\n    allow_hosts: [\"*\", \"127.0.0.1:{}\"]\n",
+        hop.port
+    ));
+    run.submit(json!({"url": hop.url("/go")}), 3);
+    let (report, record) = run.failed();
+    assert_eq!(report.attempts, 1, "final: {record:?}");
+    assert!(
+        record.error.starts_with(&format!(
+            "address not allowed: localhost:{} resolves to ",
+            watched.port()
+        )),
+        "{}",
+        record.error
+    );
+    assert_eq!(hop.count(), 1);
+    assert!(!watched.connected(), "the redirect target saw a connection");
+}
+
+#[test]
+fn credentials_do_not_follow_a_redirect_to_another_origin() {
+    let second = HttpServer::start(|_, _| Reply::status(200).body("second"));
+    let to = second.url("/landing");
+    // The first hop stays on the origin, the second leaves it (another port).
+    let first = HttpServer::start(move |_, n| {
+        if n == 0 {
+            Reply::status(307).header("Location", "/again")
+        } else {
+            Reply::status(307).header("Location", &to)
+        }
+    });
+    let run = Running::start(
+        "workers:
+  - type: http
+    allow_hosts: [\"127.0.0.1\"]
+    sensitive_headers: [X-Api-Key]
+",
+    );
+    let secret = [
+        "Authorization",
+        "Cookie",
+        "Proxy-Authorization",
+        "X-Api-Key",
+    ];
+    let mut headers: BTreeMap<&str, &str> = secret.iter().map(|h| (*h, "s3cret")).collect();
+    headers.insert("X-Trace", "t-1");
+    run.submit(json!({"url": first.url("/start"), "headers": headers}), 0);
+    assert_eq!(run.succeeded().output.as_deref(), Some("second"));
+    let seen = first.seen();
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        for h in secret {
+            assert_eq!(s.header(h), Some("s3cret"), "{} {h}", s.path());
+        }
+    }
+    let landed = second.seen();
+    assert_eq!(landed.len(), 1);
+    assert_eq!(landed[0].header("x-trace"), Some("t-1"));
+    for h in secret {
+        assert_eq!(landed[0].header(h), None, "{h} crossed origins");
+    }
+}
+
 /// The complete lines of a JSON-lines file (one being written may end in
 /// a partial line, which is not counted yet).
 fn raw_lines(path: &Path) -> Vec<String> {
@@ -524,6 +667,8 @@ fn the_binary_knows_the_http_worker_and_handlers_and_checks_their_options() {
         "retry_on",
         "max_redirects",
         "connect_timeout",
+        "sensitive_headers",
+        "failure_queue",
         "max_size",
         "retry_delay",
     ] {
@@ -545,6 +690,15 @@ fn the_binary_knows_the_http_worker_and_handlers_and_checks_their_options() {
             "workers:\n  - type: http\n    connect_timeout: soon\n",
             "connect_timeout",
         ),
+        (
+            "workers:\n  - type: http\n    sensitive_headers: [\"bad name\"]\n",
+            "sensitive_headers[0]",
+        ),
+        (
+            "workers:\n  - type: http\n    allow_hosts: [\"10.0.0.0/40\"]\n",
+            "allow_hosts[0]",
+        ),
+        ("manager:\n  failure_queue: 0\n", "failure_queue"),
         ("failure_handlers:\n  - type: http\n", "url: required"),
         ("failure_handlers:\n  - type: cli\n", "command: required"),
     ] {
@@ -568,4 +722,279 @@ fn the_binary_knows_the_http_worker_and_handlers_and_checks_their_options() {
         "{}",
         g.log_text()
     );
+}
+
+/// A goworker process taking jobs over its `http` provider, with an `http`
+/// pool that calls nothing (every job fails at once, for good) and the
+/// given failure handlers.
+struct Proc {
+    g: Goworker,
+    api: String,
+}
+
+impl Proc {
+    fn start(dir: &Path, manager: &str, handlers: &str, env: &[(&str, &str)]) -> Proc {
+        let port = free_port();
+        let provider_extra = if env.iter().any(|(k, _)| *k == "GW_TEST_TOKEN") {
+            "    token_env: GW_TEST_TOKEN\n"
+        } else {
+            ""
+        };
+        let config = format!(
+            "manager:\n  stats_listen: \"\"\n{manager}\
+             providers:\n  - type: http\n    listen: 127.0.0.1:{port}\n{provider_extra}\
+             workers:\n  - type: http\n    allow_hosts: []\n\
+             failure_handlers:\n{handlers}"
+        );
+        let g = Goworker::start_with_env(dir, &config, env);
+        let api = format!("http://127.0.0.1:{port}");
+        assert!(
+            wait_until(PATIENCE, || std::net::TcpStream::connect(
+                api.trim_start_matches("http://")
+            )
+            .is_ok()),
+            "{}",
+            g.log_text()
+        );
+        Proc { g, api }
+    }
+
+    fn submit(&self, ids: &[String], token: Option<&str>) {
+        submit_doomed(&self.api, ids, token);
+    }
+}
+
+/// Submits doomed jobs with these ids to a [`Proc`], without waiting.
+fn submit_doomed(api: &str, ids: &[String], token: Option<&str>) {
+    let jobs: Vec<_> = ids
+        .iter()
+        .map(|id| json!({"id": id, "type": "http", "params": {"url": "http://127.0.0.1:1/"}}))
+        .collect();
+    let mut req = agent().post(format!("{api}/jobs?wait=false"));
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let resp = req
+        .send(serde_json::to_vec(&jobs).unwrap().as_slice())
+        .expect("submit");
+    assert_eq!(resp.status().as_u16(), 202);
+}
+
+#[test]
+fn a_full_failure_queue_skips_the_handlers_keeps_the_dead_letters_and_counts() {
+    use goworker::FailureHandler;
+    use std::sync::mpsc;
+    use std::sync::{Arc, Mutex};
+
+    /// Blocks in every record until released.
+    struct Gate {
+        entered: mpsc::Sender<()>,
+        release: Arc<Mutex<mpsc::Receiver<()>>>,
+        handled: Arc<Mutex<Vec<String>>>,
+    }
+    impl FailureHandler for Gate {
+        fn handle(&mut self, record: &FailureRecord) -> Result<(), String> {
+            let _ = self.entered.send(());
+            let _ = self.release.lock().unwrap().recv();
+            self.handled
+                .lock()
+                .unwrap()
+                .push(record.id.clone().unwrap_or_default());
+            Ok(())
+        }
+    }
+
+    let stats_port = free_port();
+    let yaml = format!(
+        "manager:\n  stats_listen: 127.0.0.1:{stats_port}\n  failure_queue: 2\n\
+         workers:\n  - type: http\n    allow_hosts: []\n"
+    );
+    let config = Config::parse(&yaml, &Registry::with_builtins()).unwrap();
+    let (provider, handle) = MemoryProvider::new();
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let service = Service::builder(config)
+        .provider("memory", provider)
+        .failure_handler(
+            "gate",
+            Gate {
+                entered: entered_tx,
+                release: Arc::new(Mutex::new(release_rx)),
+                handled: handled.clone(),
+            },
+        )
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let submit = || {
+        handle
+            .submit(Job::new("http", json!({"url": "http://127.0.0.1:1/"})))
+            .unwrap()
+    };
+    let settle = || match handle.settled().recv_timeout(PATIENCE) {
+        Ok(Settled::Failed(..)) => {}
+        other => panic!("expected a failure, got {other:?}"),
+    };
+    submit();
+    settle();
+    entered
+        .recv_timeout(PATIENCE)
+        .expect("the handler has the first record");
+    // The handler holds one record, the queue takes two: 7 of 9 skip it.
+    let ids: Vec<String> = (0..9).map(|_| submit()).collect();
+    for _ in &ids {
+        settle();
+    }
+    assert_eq!(handle.dead_letters().len(), 10, "every dead letter is kept");
+
+    let stats = format!("http://127.0.0.1:{stats_port}");
+    let skipped = || {
+        agent()
+            .get(format!("{stats}/stats"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["failure_handlers_skipped"].as_u64())
+    };
+    assert!(
+        wait_until(PATIENCE, || skipped() == Some(7)),
+        "{:?}",
+        skipped()
+    );
+    let metrics = agent()
+        .get(format!("{stats}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "goworker_failure_handler_skipped_total 7"),
+        "{metrics}"
+    );
+
+    drop(release);
+    assert!(wait_until(PATIENCE, || handled.lock().unwrap().len() == 3));
+    service.shutdown();
+    service.wait();
+    assert_eq!(handled.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn a_slow_handler_gets_only_what_is_left_of_the_shutdown_deadline() {
+    let dir = temp_dir();
+    let pid_file = dir.path().join("handler.pid");
+    script(
+        dir.path(),
+        "slow-handler.sh",
+        &format!("echo $$ > '{}'\nexec sleep 300", pid_file.display()),
+    );
+    let p = Proc::start(
+        dir.path(),
+        "  shutdown_timeout: 2s\n",
+        "  - type: cli\n    command: ./slow-handler.sh\n    timeout: 10m\n",
+        &[],
+    );
+    p.submit(&["first".into(), "second".into()], None);
+    assert!(
+        wait_until(PATIENCE, || std::fs::read_to_string(&pid_file)
+            .is_ok_and(|t| t.ends_with('\n'))),
+        "{}",
+        p.g.log_text()
+    );
+    let child: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut g = p.g;
+    g.sigterm();
+    // Before: the handler's own 10 minutes, then the queued record's.
+    let status = g.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", g.log_text());
+    let log = g.log_text();
+    assert!(log.contains("stopped at the shutdown deadline"), "{log}");
+    assert!(
+        log.contains("1 failure record(s) skipped the handlers"),
+        "{log}"
+    );
+    // The handler's command went with it.
+    // SAFETY: signal 0 only checks whether the process exists.
+    assert!(wait_until(PATIENCE, || unsafe { libc::kill(child, 0) } != 0));
+}
+
+#[test]
+fn two_processes_sharing_a_failure_file_lose_no_record_at_rotation() {
+    let dir = temp_dir();
+    let file = dir.path().join("shared/failures.jsonl");
+    let handler = format!(
+        "  - type: file\n    path: {}\n    max_size: 3000\n    keep: 1000\n",
+        file.display()
+    );
+    let a = Proc::start(dir.path(), "", &handler, &[]);
+    let b = Proc::start(dir.path(), "", &handler, &[]);
+    let mut want = HashSet::new();
+    let submitters: Vec<_> = [("a", &a), ("b", &b)]
+        .into_iter()
+        .map(|(name, p)| {
+            let ids: Vec<String> = (0..300).map(|i| format!("{name}-{i}")).collect();
+            want.extend(ids.iter().cloned());
+            let api = p.api.clone();
+            std::thread::spawn(move || {
+                for chunk in ids.chunks(30) {
+                    submit_doomed(&api, chunk, None);
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.join().unwrap();
+    }
+    let all = || {
+        let mut files = vec![file.clone()];
+        files.extend((1..=1000).map(|n| dir.path().join(format!("shared/failures.jsonl.{n}"))));
+        files
+            .iter()
+            .filter(|p| p.exists())
+            .flat_map(|p| read_lines(p))
+            .filter_map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    let done = wait_until(Duration::from_secs(120), || all().len() >= 600);
+    let got = all();
+    assert!(done, "{} of 600 records written", got.len());
+    assert_eq!(got.len(), 600);
+    assert_eq!(got.into_iter().collect::<HashSet<_>>(), want);
+    assert!(file.with_extension("jsonl.2").exists(), "it rotated");
+}
+
+#[test]
+fn the_cli_handler_does_not_pass_on_secret_env() {
+    let dir = temp_dir();
+    let out = dir.path().join("env.txt");
+    let p = Proc::start(
+        dir.path(),
+        "",
+        &format!(
+            "  - type: cli\n    command: sh\n    args: [-c, 'env > \"$OUT\"']\n    env: {{ OUT: {} }}\n",
+            out.display()
+        ),
+        &[("GW_TEST_TOKEN", "hunter2-secret"), ("GW_VISIBLE", "shown")],
+    );
+    p.submit(&["one".into()], Some("hunter2-secret"));
+    assert!(
+        wait_until(PATIENCE, || std::fs::read_to_string(&out)
+            .is_ok_and(|t| t.contains("GW_VISIBLE"))),
+        "{}",
+        p.g.log_text()
+    );
+    let env = std::fs::read_to_string(&out).unwrap();
+    assert!(env.contains("GW_VISIBLE=shown"), "{env}");
+    assert!(!env.contains("hunter2"), "{env}");
+    assert!(!env.contains("GW_TEST_TOKEN"), "{env}");
 }
