@@ -38,7 +38,11 @@ enum Command {
         source: Source,
     },
     /// Print every provider, worker and failure handler type with its options.
-    Options,
+    Options {
+        /// One JSON array of every section and type with its options.
+        #[arg(long)]
+        json: bool,
+    },
     /// Submit a job through a configured provider (a file with one job, or
     /// `-` for one JSON job per line on stdin).
     Enqueue {
@@ -211,6 +215,16 @@ fn stderr_is_journal() -> bool {
 }
 
 fn run(args: Args, registry: Registry) -> Result<(), Exit> {
+    if !matches!(args.command, Command::Run { .. }) {
+        // A command whose output is piped into `head` ends quietly when the
+        // reader goes, as other command-line tools do, instead of
+        // panicking on the failed write. (The service keeps Rust's ignored
+        // SIGPIPE: a client hanging up is an error on that socket only.)
+        // SAFETY: resetting a signal to its default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match args.command {
         Command::Run { source } => {
             let c = load(&source, &registry)?;
@@ -228,8 +242,8 @@ fn run(args: Args, registry: Registry) -> Result<(), Exit> {
             );
             Ok(())
         }
-        Command::Options => {
-            print_options(&registry);
+        Command::Options { json } => {
+            print_options(&registry, json);
             Ok(())
         }
         Command::Enqueue {
@@ -587,10 +601,19 @@ impl Reload {
     }
 }
 
-fn print_options(registry: &Registry) {
+fn print_options(registry: &Registry, json: bool) {
+    let docs: Vec<crate::TypeDoc> = std::iter::once(Config::describe_manager())
+        .chain(registry.describe())
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&docs).unwrap_or_default()
+        );
+        return;
+    }
     let mut section = "";
-    let manager = Config::describe_manager();
-    for t in std::iter::once(manager).chain(registry.describe()) {
+    for t in docs {
         if t.section != section {
             section = t.section;
             println!(

@@ -34,11 +34,11 @@ pub struct Backoff {
 #[derive(Debug, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RetryOverride {
-    /// Delay cap of the first retry.
+    /// Delay cap of the first retry. Default: manager.retry.base.
     pub(crate) base: Option<crate::duration::Written>,
-    /// Largest delay.
+    /// Largest delay. Default: manager.retry.max.
     pub(crate) max: Option<crate::duration::Written>,
-    /// full, equal or none.
+    /// full, equal or none. Default: manager.retry.jitter.
     pub(crate) jitter: Option<Jitter>,
 }
 

@@ -348,7 +348,7 @@ pub(crate) fn schema_of<T: schemars::JsonSchema>() -> schemars::Schema {
 }
 
 /// One plugin type's documentation, generated from its options schema.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TypeDoc {
     /// `manager`, `provider`, `worker` or `failure_handler`.
     pub section: &'static str,
@@ -361,11 +361,12 @@ pub struct TypeDoc {
 }
 
 /// One option of a plugin type.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OptionDoc {
     /// The YAML key.
     pub key: String,
-    /// Its type, e.g. `string`, `integer`, `array of string`.
+    /// Its type, e.g. `string`, `integer`, `list of string`, `duration`.
+    #[serde(rename = "type")]
     pub ty: String,
     /// Its default as YAML-ish text (`required` when there is none).
     pub default: String,
@@ -383,24 +384,7 @@ impl TypeDoc {
         let mut options = Vec::new();
         for s in schemas {
             let root = s.as_value();
-            let Some(props) = root.get("properties").and_then(Json::as_object) else {
-                continue;
-            };
-            for (key, p) in props {
-                options.push(OptionDoc {
-                    key: key.clone(),
-                    ty: type_name(root, p),
-                    default: p
-                        .get("default")
-                        .map(default_text)
-                        .unwrap_or_else(|| "required".into()),
-                    description: p
-                        .get("description")
-                        .and_then(Json::as_str)
-                        .unwrap_or("")
-                        .replace('\n', " "),
-                });
-            }
+            options_of(root, root, "", None, &mut options);
         }
         TypeDoc {
             section,
@@ -409,6 +393,91 @@ impl TypeDoc {
             options,
         }
     }
+}
+
+/// The options of `node` (an object schema) as rows, nested maps as
+/// `parent.key` rows after their parent; `defaults` is the parent's
+/// default value, which holds the children's defaults.
+fn options_of(
+    root: &Json,
+    node: &Json,
+    prefix: &str,
+    defaults: Option<&Json>,
+    out: &mut Vec<OptionDoc>,
+) {
+    let Some(props) = node.get("properties").and_then(Json::as_object) else {
+        return;
+    };
+    let required: Vec<&str> = node
+        .get("required")
+        .and_then(Json::as_array)
+        .map(|r| r.iter().filter_map(Json::as_str).collect())
+        .unwrap_or_default();
+    for (key, p) in props {
+        let default = p
+            .get("default")
+            .or_else(|| defaults.and_then(|d| d.get(key)))
+            .filter(|d| !d.is_null());
+        let text = p
+            .get("description")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .replace('\n', " ");
+        let (description, said) = split_default(&text);
+        out.push(OptionDoc {
+            key: format!("{prefix}{key}"),
+            ty: type_name(root, p),
+            // The schema's default wins; else what the doc comment says it
+            // is (e.g. "the type"); else there is none.
+            default: match (default, said) {
+                (Some(d), _) => default_text(d),
+                (None, Some(said)) => said,
+                (None, None) if required.contains(&key.as_str()) => "required".into(),
+                (None, None) => "none".into(),
+            },
+            description,
+        });
+        if let Some(inner) = object_schema(root, p) {
+            options_of(root, inner, &format!("{prefix}{key}."), default, out);
+        }
+    }
+}
+
+/// The object schema `p` stands for (through `$ref` and `Option`'s
+/// `anyOf [T, null]`), when it has properties of its own.
+fn object_schema<'a>(root: &'a Json, p: &'a Json) -> Option<&'a Json> {
+    if let Some(r) = p.get("$ref").and_then(Json::as_str) {
+        let def = r.rsplit('/').next().unwrap_or(r);
+        return object_schema(root, root.get("$defs")?.get(def)?);
+    }
+    if let Some(alts) = p.get("anyOf").and_then(Json::as_array) {
+        return alts.iter().find_map(|a| object_schema(root, a));
+    }
+    p.get("properties").map(|_| p)
+}
+
+/// A doc comment's closing "Default: X." (or "Default X.") taken off, so
+/// the default is stated once, in its column.
+fn split_default(text: &str) -> (String, Option<String>) {
+    let trimmed = text.trim_end();
+    let Some(i) = trimmed.rfind("Default") else {
+        return (trimmed.to_string(), None);
+    };
+    // Only a last sentence that starts with it.
+    let before = trimmed[..i].trim_end();
+    if !(before.is_empty() || before.ends_with('.') || before.ends_with(')')) {
+        return (trimmed.to_string(), None);
+    }
+    let said = trimmed[i + "Default".len()..]
+        .trim_start_matches(':')
+        .trim()
+        .trim_end_matches('.')
+        .trim_matches('`')
+        .to_string();
+    if said.is_empty() || said.contains(". ") {
+        return (trimmed.to_string(), None);
+    }
+    (before.to_string(), Some(said))
 }
 
 fn default_text(v: &Json) -> String {
@@ -420,6 +489,9 @@ fn default_text(v: &Json) -> String {
 }
 
 fn type_name(root: &Json, p: &Json) -> String {
+    if p.get("title").and_then(Json::as_str) == Some("duration") {
+        return "duration".into();
+    }
     if let Some(r) = p.get("$ref").and_then(Json::as_str) {
         let def = r.rsplit('/').next().unwrap_or(r);
         return match root.get("$defs").and_then(|d| d.get(def)) {

@@ -704,3 +704,54 @@ fn set_changes_any_option_by_its_key_path_for_check_and_run() {
     assert_eq!(posted.ok(), Some(202));
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn options_names_types_and_nested_keys_and_states_each_default_once() {
+    let dir = temp_dir();
+    let (code, out, err) = goworker(&["options"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    let line = |key: &str, section: &str| -> String {
+        let start = out.find(section).unwrap_or_else(|| panic!("no {section}"));
+        out[start..]
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} under {section}"))
+            .to_string()
+    };
+    let shutdown = line("shutdown_timeout", "manager:");
+    assert!(
+        shutdown.contains(" duration ") && shutdown.contains("default: 30s"),
+        "{shutdown}"
+    );
+    // A map's keys are listed under it, with their defaults.
+    assert!(line("retry.base", "manager:").contains("default: 1s"));
+    assert!(line("retry.jitter", "worker type: cli").contains("default: manager.retry.jitter"));
+    let durability = line("durability", "provider type: disk");
+    assert!(
+        durability.contains("one of immediate|eventual"),
+        "{durability}"
+    );
+    // The default is in its column, not repeated in the description.
+    let batch = line("batch", "provider type: disk");
+    assert!(!batch.contains("Default"), "{batch}");
+    assert!(line("name", "provider type: disk").contains("default: the type"));
+    assert!(line("type", "provider type: disk").contains("default: required"));
+
+    let (code, out, err) = goworker(&["options", "--json"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    let docs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let cli = docs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["section"] == "worker" && d["name"] == "cli")
+        .unwrap();
+    let allow_env = cli["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["key"] == "allow_env")
+        .unwrap();
+    assert_eq!(allow_env["type"], "list of string");
+    assert_eq!(allow_env["default"], "[]");
+}
