@@ -640,7 +640,19 @@ mod tests {
             .find(|d| d.section == "worker" && d.name == "cli")
             .unwrap();
         let keys: Vec<&str> = cli.options.iter().map(|o| o.key.as_str()).collect();
-        assert_eq!(&keys[..5], ["count", "name", "retry", "timeout", "type"]);
+        assert_eq!(
+            &keys[..8],
+            [
+                "count",
+                "name",
+                "retry",
+                "retry.base",
+                "retry.jitter",
+                "retry.max",
+                "timeout",
+                "type"
+            ]
+        );
         assert!(keys.contains(&"allow"));
         let redis = docs.iter().find(|d| d.name == "redis").unwrap();
         let url = redis.options.iter().find(|o| o.key == "url").unwrap();
