@@ -41,7 +41,8 @@ doc:
 
 ci: lint test doc
 
-# `make install`: the release binary to $(DESTDIR)$(PREFIX)/bin, the systemd
+# `make install`: the release binary to $(DESTDIR)$(PREFIX)/bin, its man page
+# and shell completions under $(DESTDIR)$(PREFIX)/share, the systemd
 # unit to $(DESTDIR)/etc/systemd/system (ExecStart follows PREFIX), and the
 # example config to $(DESTDIR)/etc/goworker/config.yaml unless one is there.
 # BIN=path installs an already built binary instead of building one.
@@ -55,6 +56,18 @@ endif
 
 install: $(INSTALL_BUILD)
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/goworker
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/man/man1 \
+		$(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+		$(DESTDIR)$(PREFIX)/share/zsh/vendor-completions \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	$(BIN) man | gzip -9n > $(DESTDIR)$(PREFIX)/share/man/man1/goworker.1.gz
+	$(BIN) completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/goworker
+	$(BIN) completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_goworker
+	$(BIN) completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/goworker.fish
+	chmod 0644 $(DESTDIR)$(PREFIX)/share/man/man1/goworker.1.gz \
+		$(DESTDIR)$(PREFIX)/share/bash-completion/completions/goworker \
+		$(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_goworker \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/goworker.fish
 	install -d -m 0755 $(DESTDIR)/etc/systemd/system
 	sed 's|/usr/local/bin/goworker|$(PREFIX)/bin/goworker|' packaging/goworker.service \
 		> $(DESTDIR)/etc/systemd/system/goworker.service

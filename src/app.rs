@@ -15,10 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
+/// `goworker --version`: the crate version, the commit and the build date.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GOWORKER_BUILD"), ")");
+
 /// Plugin-based work manager: providers bring jobs in, pools of OS-thread
 /// workers run them.
 #[derive(Parser, Debug)]
-#[command(name = "goworker", version, about)]
+#[command(name = "goworker", version = VERSION, about)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -54,6 +57,13 @@ enum Command {
         /// JOB.json, or - for stdin.
         job: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `goworker man | man -l -`.
+    Man,
     /// Inspect and re-queue dead letters.
     Dead {
         #[command(flatten)]
@@ -241,6 +251,20 @@ fn run(args: Args, registry: Registry) -> Result<(), Exit> {
                 c.failure_handlers.len()
             );
             Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Args as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "goworker", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Args as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|e| Exit {
+                    code: 1,
+                    message: format!("writing the manual page: {e}"),
+                })
         }
         Command::Options { json } => {
             print_options(&registry, json);

@@ -557,10 +557,48 @@ fn make_install_lays_out_the_files() {
     assert!(root.join("opt/gw/bin/goworker").exists());
     let unit = std::fs::read_to_string(&unit).expect("unit");
     assert!(unit.contains("\nExecStart=/opt/gw/bin/goworker run -c /etc/goworker/config.yaml\n"));
-    // The installed binary runs.
+    // The installed binary runs and names its build: version, commit, date.
     let out = Command::new(root.join("opt/gw/bin/goworker"))
         .arg("--version")
         .output()
         .expect("run installed binary");
     assert!(out.status.success());
+    let version = String::from_utf8_lossy(&out.stdout).into_owned();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repo())
+        .output()
+        .expect("git");
+    let commit = String::from_utf8_lossy(&commit.stdout).trim().to_string();
+    assert!(
+        version.starts_with(&format!("goworker {} (", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    if !commit.is_empty() {
+        assert!(version.contains(&commit), "{version} lacks {commit}");
+    }
+    // The man page and completions generated from the CLI definition.
+    let man = root.join("opt/gw/share/man/man1/goworker.1.gz");
+    let roff = Command::new("gzip")
+        .arg("-dc")
+        .arg(&man)
+        .output()
+        .expect("gzip");
+    let roff = String::from_utf8_lossy(&roff.stdout);
+    assert!(
+        roff.contains(".TH goworker 1") && roff.contains("enqueue"),
+        "{roff}"
+    );
+    for (file, want) in [
+        ("bash-completion/completions/goworker", "_goworker()"),
+        ("zsh/vendor-completions/_goworker", "#compdef goworker"),
+        (
+            "fish/vendor_completions.d/goworker.fish",
+            "complete -c goworker",
+        ),
+    ] {
+        let text = std::fs::read_to_string(root.join("opt/gw/share").join(file)).expect(file);
+        assert!(text.contains(want) && text.contains("dead"), "{file}");
+        assert_eq!(mode(&root.join("opt/gw/share").join(file)), 0o644);
+    }
 }
