@@ -23,8 +23,29 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GOWORKER_BU
 #[derive(Parser, Debug)]
 #[command(name = "goworker", version = VERSION, about)]
 struct Args {
+    /// Log lines as text (with millisecond timestamps) or as JSON objects,
+    /// one a line (`ts`, `level`, `target`, `msg`, and fields such as
+    /// `job_id` and `job_type`).
+    #[arg(
+        long,
+        global = true,
+        env = "GOWORKER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// `2026-12-02T10:31:12.123Z INFO  goworker::manager] …` (under
+    /// systemd: syslog priority prefixes for the journal).
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,7 +197,7 @@ impl From<Error> for Exit {
 /// anything else. Errors are printed to stderr as one line.
 pub fn main(registry: Registry) -> ExitCode {
     let args = Args::parse();
-    init_logging();
+    init_logging(args.log_format);
     match run(args, registry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -186,22 +207,52 @@ pub fn main(registry: Registry) -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if stderr_is_journal() {
-        // journald adds the time and reads the level from the `<N>` prefix
-        // (syslog priorities), so `journalctl -p warning` works.
-        b.format(|buf, r| {
-            let level = match r.level() {
-                log::Level::Error => 3,
-                log::Level::Warn => 4,
-                log::Level::Info => 6,
-                log::Level::Debug | log::Level::Trace => 7,
-            };
-            writeln!(buf, "<{level}>{}: {}", r.target(), r.args())
-        });
+    match format {
+        LogFormat::Json => {
+            b.format(|buf, r| {
+                let mut line = serde_json::Map::new();
+                line.insert("ts".into(), buf.timestamp_millis().to_string().into());
+                line.insert("level".into(), r.level().as_str().into());
+                line.insert("target".into(), r.target().into());
+                line.insert("msg".into(), r.args().to_string().into());
+                let _ = r.key_values().visit(&mut JsonFields(&mut line));
+                writeln!(buf, "{}", serde_json::Value::Object(line))
+            });
+        }
+        LogFormat::Text if stderr_is_journal() => {
+            // journald adds the time and reads the level from the `<N>`
+            // prefix (syslog priorities), so `journalctl -p warning` works.
+            b.format(|buf, r| {
+                let level = match r.level() {
+                    log::Level::Error => 3,
+                    log::Level::Warn => 4,
+                    log::Level::Info => 6,
+                    log::Level::Debug | log::Level::Trace => 7,
+                };
+                writeln!(buf, "<{level}>{}: {}", r.target(), r.args())
+            });
+        }
+        LogFormat::Text => {
+            b.format_timestamp_millis();
+        }
     }
     b.init();
+}
+
+/// A log record's fields (`job_id`, `job_type`, …) as JSON members.
+struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for JsonFields<'_> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        self.0.insert(key.to_string(), value.to_string().into());
+        Ok(())
+    }
 }
 
 /// Whether stderr is the journal stream systemd connected: `JOURNAL_STREAM`
