@@ -6,6 +6,9 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # systemd-analyze verifies packaging/goworker.service.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The producer snippets of docs/producers.md run with Debian's Python and
+# its redis client.
+/usr/bin/python3 -c 'import redis' >/dev/null 2>&1 || need+=(python3 python3-redis)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -10,5 +10,6 @@ mod disk;
 mod docs;
 mod http;
 mod httpworker;
+mod producers;
 mod redis;
 mod systemd;
