@@ -1,7 +1,7 @@
 # goworker — see README.md. `make test` installs what the tests need.
 CARGO ?= cargo
 
-.PHONY: build run test deps bench bench-http bench-disk bench-redis lint ci doc install
+.PHONY: build run test deps bench bench-http bench-disk bench-redis lint ci doc install deb
 
 build:
 	$(CARGO) build --release
@@ -78,3 +78,16 @@ install: $(INSTALL_BUILD)
 		install -D -m 0644 config.example.yaml $(DESTDIR)/etc/goworker/config.yaml; \
 	fi
 	@echo "installed; next: systemctl daemon-reload && systemctl enable --now goworker"
+
+# `make deb`: a Debian package (cargo-deb, installed when missing) of what
+# `make install PREFIX=/usr` lays out: the binary, the unit (in
+# /lib/systemd/system), the example config as the conffile
+# /etc/goworker/config.yaml, the man page and completions.
+# DEB_OUT=path names the .deb; BIN=path packages an already built binary;
+# DEB_FLAGS=--fast trades size for speed (the tests use it).
+DEB_OUT ?= $(TARGET_DIR)/debian
+deb: $(INSTALL_BUILD)
+	@command -v cargo-deb >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked
+	rm -rf target/deb-root
+	$(MAKE) -s install DESTDIR=$(CURDIR)/target/deb-root PREFIX=/usr BIN=$(BIN)
+	$(CARGO) deb --no-build $(DEB_FLAGS) --output $(DEB_OUT)

@@ -602,3 +602,87 @@ fn make_install_lays_out_the_files() {
         assert_eq!(mode(&root.join("opt/gw/share").join(file)), 0o644);
     }
 }
+
+#[test]
+fn make_deb_packages_the_binary_unit_conffile_man_page_and_completions() {
+    let scratch = temp_dir();
+    let deb = scratch.path().join("goworker.deb");
+    let out = Command::new("make")
+        .args(["-s", "deb", "DEB_FLAGS=--fast"])
+        .arg(format!("BIN={}", goworker_bin().display()))
+        .arg(format!("DEB_OUT={}", deb.display()))
+        .current_dir(repo())
+        .output()
+        .expect("make");
+    assert!(
+        out.status.success(),
+        "make deb failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Unpacked into a scratch root: nothing on the host is touched.
+    let root = scratch.path().join("root");
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("run");
+        assert!(
+            out.status.success(),
+            "{cmd:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    let conffiles = run(Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(&deb)
+        .arg("conffiles"));
+    assert_eq!(conffiles.trim(), "/etc/goworker/config.yaml");
+    let control = run(Command::new("dpkg-deb").arg("-f").arg(&deb));
+    assert!(control.contains("Package: goworker"), "{control}");
+    for file in [
+        "usr/bin/goworker",
+        "lib/systemd/system/goworker.service",
+        "etc/goworker/config.yaml",
+        "usr/share/man/man1/goworker.1.gz",
+        "usr/share/bash-completion/completions/goworker",
+        "usr/share/zsh/vendor-completions/_goworker",
+        "usr/share/fish/vendor_completions.d/goworker.fish",
+    ] {
+        assert!(root.join(file).exists(), "the package lacks {file}");
+    }
+    // The unit runs the packaged binary, as a transient user: the package
+    // creates no user of its own (no maintainer scripts at all).
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/goworker.service")).unwrap();
+    assert!(unit.contains("\nExecStart=/usr/bin/goworker run -c /etc/goworker/config.yaml\n"));
+    assert!(unit.contains("\nDynamicUser=yes\n"));
+    let scripts = run(Command::new("dpkg-deb").arg("-I").arg(&deb));
+    assert!(
+        !scripts.contains("postinst") && !scripts.contains("preinst"),
+        "{scripts}"
+    );
+    // Verified as it would run: the binary it names is the unpacked one
+    // (the host has no /usr/bin/goworker).
+    let unit_copy = scratch.path().join("goworker.service");
+    let unpacked_bin = root.join("usr/bin/goworker");
+    std::fs::write(
+        &unit_copy,
+        unit.replace("/usr/bin/goworker", &unpacked_bin.to_string_lossy()),
+    )
+    .unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit_copy)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && stderr.trim().is_empty(),
+        "verify:\n{stderr}"
+    );
+    // The packaged binary accepts the packaged config.
+    let check = run(Command::new(root.join("usr/bin/goworker"))
+        .args(["check", "-c"])
+        .arg(root.join("etc/goworker/config.yaml")));
+    assert!(check.contains(": OK ("), "{check}");
+}
