@@ -156,7 +156,14 @@ impl WorkerType for Cli {
             }
             // An entry that does not exist yet is kept as written: it may be
             // installed later, and matching then resolves the job's command.
-            allow.push(resolve(entry).unwrap_or_else(|| PathBuf::from(entry)));
+            // `check` and `run` say so, since it is more often a typo.
+            allow.push(resolve(entry).unwrap_or_else(|| {
+                log::warn!(
+                    "pool {}: allow[{i}]: {entry:?} names no executable (yet); jobs asking for it fail as not found until it exists",
+                    pool.name
+                );
+                PathBuf::from(entry)
+            }));
         }
         let mut allow_env = BTreeSet::new();
         for (i, name) in o.allow_env.iter().enumerate() {

@@ -342,3 +342,22 @@ fn a_worker_panic_kills_the_process_group_it_registered() {
     svc.shutdown();
     svc.wait();
 }
+
+#[test]
+fn check_warns_about_an_allow_entry_that_names_no_executable() {
+    let dir = temp_dir();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        "manager: { stats_listen: null }\nworkers:\n  - type: cli\n    allow: [echo, /opt/nowhere/resize.sh]\n",
+    )
+    .unwrap();
+    let (code, out, err) = goworker(&["check", "-c", cfg.to_str().unwrap()], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": OK ("), "{out}");
+    assert!(
+        err.contains("allow[1]: \"/opt/nowhere/resize.sh\" names no executable"),
+        "{err}"
+    );
+    assert!(!err.contains("allow[0]"), "{err}");
+}
