@@ -22,10 +22,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Options of the `spool` provider, as written in YAML beside `type` and `name`.
+/// The `spool` provider type: its options, as written in YAML beside `type`
+/// and `name`.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SpoolOptions {
+struct Spool {
     /// The folder jobs are dropped into (created when missing). Required.
     path: PathBuf,
     /// How often the folder is looked at when it was empty, in
@@ -46,24 +47,20 @@ fn default_max_file() -> u64 {
     1 << 20
 }
 
-/// The `spool` provider type.
-struct Spool;
-
 impl ProviderType for Spool {
-    type Options = SpoolOptions;
     const TYPE: &'static str = "spool";
     const DESCRIPTION: &'static str =
         "jobs dropped as JSON files into a folder; moved to done/ or failed/ when they end";
 
-    fn build(name: &str, o: SpoolOptions) -> Result<Box<dyn Provider>, PluginError> {
-        if o.poll_ms == 0 || o.poll_ms > 60_000 {
+    fn build(self, name: &str) -> Result<Box<dyn Provider>, PluginError> {
+        if self.poll_ms == 0 || self.poll_ms > 60_000 {
             return Err(PluginError::at("poll_ms", "from 1 to 60000"));
         }
         Ok(Box::new(SpoolProvider {
             name: name.to_string(),
-            dirs: Dirs(o.path),
-            poll: Duration::from_millis(o.poll_ms),
-            max_file: o.max_file,
+            dirs: Dirs(self.path),
+            poll: Duration::from_millis(self.poll_ms),
+            max_file: self.max_file,
             settle: crossbeam_channel::unbounded(),
         }))
     }

@@ -95,5 +95,5 @@ pub mod cli {
 
 /// The built-in `disk` provider type: a durable queue in a redb file.
 pub mod disk {
-    pub use crate::provider::disk::{Disk, DiskOptions, DiskProvider, DurabilityLevel};
+    pub use crate::provider::disk::{DiskOptions, DiskProvider, DurabilityLevel};
 }

@@ -150,11 +150,11 @@ impl Family for Handlers {
 }
 
 impl<T: ProviderType> Plugin<Providers> for T {
-    type Options = T::Options;
+    type Options = T;
     const TYPE: &'static str = T::TYPE;
     const DESCRIPTION: &'static str = T::DESCRIPTION;
-    fn build(options: T::Options, name: &str) -> Result<Box<dyn Provider>, PluginError> {
-        T::build(name, options)
+    fn build(options: T, name: &str) -> Result<Box<dyn Provider>, PluginError> {
+        options.build(name)
     }
 }
 
@@ -168,11 +168,11 @@ impl<T: WorkerType> Plugin<Workers> for T {
 }
 
 impl<T: FailureHandlerType> Plugin<Handlers> for T {
-    type Options = T::Options;
+    type Options = T;
     const TYPE: &'static str = T::TYPE;
     const DESCRIPTION: &'static str = T::DESCRIPTION;
-    fn build(options: T::Options, name: &str) -> Result<Box<dyn FailureHandler>, PluginError> {
-        T::build(name, options)
+    fn build(options: T, name: &str) -> Result<Box<dyn FailureHandler>, PluginError> {
+        options.build(name)
     }
 }
 
@@ -294,16 +294,16 @@ impl Registry {
     /// and `cli`.
     pub fn with_builtins() -> Registry {
         let mut r = Registry::new();
-        r.register_provider::<crate::provider::disk::Disk>();
-        r.register_provider::<crate::provider::http::HttpProviderType>();
-        r.register_provider::<crate::provider::memory::MemoryType>();
-        r.register_provider::<crate::provider::redis::RedisType>();
+        r.register_provider::<crate::provider::disk::DiskOptions>();
+        r.register_provider::<crate::provider::http::HttpOptions>();
+        r.register_provider::<crate::provider::memory::MemoryOptions>();
+        r.register_provider::<crate::provider::redis::RedisOptions>();
         r.register_worker::<crate::worker::cli::Cli>();
         r.register_worker::<crate::worker::http::Http>();
         r.register_worker::<crate::worker::noop::Noop>();
-        r.register_failure_handler::<crate::failure::file::FileHandlerType>();
-        r.register_failure_handler::<crate::failure::http::HttpHandlerType>();
-        r.register_failure_handler::<crate::failure::cli::CliHandlerType>();
+        r.register_failure_handler::<crate::failure::file::FileOptions>();
+        r.register_failure_handler::<crate::failure::http::HttpHandlerOptions>();
+        r.register_failure_handler::<crate::failure::cli::CliHandlerOptions>();
         r
     }
 
@@ -663,7 +663,7 @@ mod tests {
     fn registering_a_type_again_replaces_it() {
         let mut r = Registry::with_builtins();
         let before = r.providers.types().len();
-        r.register_provider::<crate::provider::memory::MemoryType>();
+        r.register_provider::<crate::provider::memory::MemoryOptions>();
         assert_eq!(r.providers.types().len(), before);
     }
 }

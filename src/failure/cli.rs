@@ -47,28 +47,23 @@ impl Default for CliHandlerOptions {
     }
 }
 
-/// The `cli` failure handler type.
-#[derive(Debug)]
-pub(crate) struct CliHandlerType;
-
-impl FailureHandlerType for CliHandlerType {
-    type Options = CliHandlerOptions;
+impl FailureHandlerType for CliHandlerOptions {
     const TYPE: &'static str = "cli";
     const DESCRIPTION: &'static str =
         "runs the configured command (argv, no shell) with the failure record as JSON on stdin";
 
-    fn build(_name: &str, o: CliHandlerOptions) -> Result<Box<dyn FailureHandler>, PluginError> {
-        let command = o.command.ok_or("command: required")?;
+    fn build(self, _name: &str) -> Result<Box<dyn FailureHandler>, PluginError> {
+        let command = self.command.ok_or("command: required")?;
         if command.is_empty() {
             return Err("command: empty".into());
         }
         Ok(Box::new(CliHandler {
             command,
-            args: o.args,
-            env: o.env,
-            inherit_env: o.inherit_env,
-            cwd: o.cwd,
-            timeout: parse_duration("timeout", &o.timeout)?,
+            args: self.args,
+            env: self.env,
+            inherit_env: self.inherit_env,
+            cwd: self.cwd,
+            timeout: parse_duration("timeout", &self.timeout)?,
             secret_env: SecretEnv::default(),
         }))
     }
@@ -157,14 +152,12 @@ mod tests {
     use crate::job::Job;
 
     fn handler(command: &str, args: &[&str]) -> Box<dyn FailureHandler> {
-        CliHandlerType::build(
-            "cli",
-            CliHandlerOptions {
-                command: Some(command.into()),
-                args: args.iter().map(|s| s.to_string()).collect(),
-                ..CliHandlerOptions::default()
-            },
-        )
+        CliHandlerOptions {
+            command: Some(command.into()),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..CliHandlerOptions::default()
+        }
+        .build("cli")
         .unwrap()
     }
 

@@ -43,18 +43,13 @@ impl Default for FileOptions {
     }
 }
 
-/// The `file` failure handler type.
-#[derive(Debug)]
-pub(crate) struct FileHandlerType;
-
-impl FailureHandlerType for FileHandlerType {
-    type Options = FileOptions;
+impl FailureHandlerType for FileOptions {
     const TYPE: &'static str = "file";
     const DESCRIPTION: &'static str =
         "appends one JSON line per failed job to a file, fsync'd, rotated at max_size";
 
-    fn build(_name: &str, options: FileOptions) -> Result<Box<dyn FailureHandler>, PluginError> {
-        let path = options.path.ok_or("path: required")?;
+    fn build(self, _name: &str) -> Result<Box<dyn FailureHandler>, PluginError> {
+        let path = self.path.ok_or("path: required")?;
         if path.as_os_str().is_empty() {
             return Err("path: empty".into());
         }
@@ -63,8 +58,8 @@ impl FailureHandlerType for FileHandlerType {
         Ok(Box::new(FileHandler {
             path,
             lock_path: PathBuf::from(lock_path),
-            max_size: options.max_size,
-            keep: options.keep,
+            max_size: self.max_size,
+            keep: self.keep,
             file: None,
             lock: None,
         }))
@@ -242,14 +237,12 @@ mod tests {
     use crate::job::Job;
 
     fn handler(path: &Path, max_size: u64, keep: u32) -> Box<dyn FailureHandler> {
-        FileHandlerType::build(
-            "file",
-            FileOptions {
-                path: Some(path.to_path_buf()),
-                max_size,
-                keep,
-            },
-        )
+        FileOptions {
+            path: Some(path.to_path_buf()),
+            max_size,
+            keep,
+        }
+        .build("file")
         .unwrap()
     }
 

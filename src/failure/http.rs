@@ -44,18 +44,13 @@ impl Default for HttpHandlerOptions {
     }
 }
 
-/// The `http` failure handler type.
-#[derive(Debug)]
-pub(crate) struct HttpHandlerType;
-
-impl FailureHandlerType for HttpHandlerType {
-    type Options = HttpHandlerOptions;
+impl FailureHandlerType for HttpHandlerOptions {
     const TYPE: &'static str = "http";
     const DESCRIPTION: &'static str =
         "POSTs each failure record as JSON to a webhook, with retries; follows no redirects";
 
-    fn build(_name: &str, o: HttpHandlerOptions) -> Result<Box<dyn FailureHandler>, PluginError> {
-        let url = o.url.ok_or("url: required")?;
+    fn build(self, _name: &str) -> Result<Box<dyn FailureHandler>, PluginError> {
+        let url = self.url.ok_or("url: required")?;
         let parsed = url::Url::parse(&url).map_err(|e| format!("url: {url:?}: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
             return Err(PluginError::at(
@@ -64,22 +59,22 @@ impl FailureHandlerType for HttpHandlerType {
             ));
         }
         let mut headers = Vec::new();
-        for k in o.headers.keys() {
+        for k in self.headers.keys() {
             ureq::http::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| format!("headers.{k}: invalid header name"))?;
         }
-        for (k, v) in o.headers {
+        for (k, v) in self.headers {
             ureq::http::HeaderValue::from_str(&v)
                 .map_err(|_| format!("headers.{k}: invalid header value"))?;
             headers.push((k, v));
         }
-        let timeout = parse_duration("timeout", &o.timeout)?;
-        let delay = parse_duration("retry_delay", &o.retry_delay)?;
+        let timeout = parse_duration("timeout", &self.timeout)?;
+        let delay = parse_duration("retry_delay", &self.retry_delay)?;
         Ok(Box::new(HttpHandler {
             agent: agent(timeout, timeout),
             url,
             headers,
-            retries: o.retries,
+            retries: self.retries,
             backoff: Backoff {
                 base: delay,
                 max: Duration::from_secs(30).max(delay),
@@ -189,8 +184,7 @@ mod tests {
 
     #[test]
     fn options_are_validated() {
-        let build =
-            |o: HttpHandlerOptions| HttpHandlerType::build("h", o).err().map(|e| e.to_string());
+        let build = |o: HttpHandlerOptions| o.build("h").err().map(|e| e.to_string());
         assert_eq!(
             build(HttpHandlerOptions::default()).as_deref(),
             Some("url: required")

@@ -49,21 +49,20 @@ pub trait FailureHandler: Send {
     }
 }
 
-/// A failure handler type that can be named in `failure_handlers:`.
-pub trait FailureHandlerType: 'static {
-    /// Options beside `type` and `name`.
-    type Options: DeserializeOwned + schemars::JsonSchema;
+/// A failure handler type that can be named in `failure_handlers:`: its
+/// options as written beside `type` and `name`, deserialized by serde.
+pub trait FailureHandlerType: DeserializeOwned + schemars::JsonSchema + 'static {
     /// The `type:` name in the config.
     const TYPE: &'static str;
     /// One line for `goworker options`.
     const DESCRIPTION: &'static str;
 
-    /// Validates options and builds the handler; must not open files or
-    /// connect (`goworker check` calls it).
+    /// Validates the options and builds the handler; must not open files
+    /// or connect (`goworker check` calls it).
     ///
     /// # Errors
-    /// A message naming the offending option.
-    fn build(name: &str, options: Self::Options) -> Result<Box<dyn FailureHandler>, PluginError>;
+    /// A [`PluginError`] naming the offending option.
+    fn build(self, name: &str) -> Result<Box<dyn FailureHandler>, PluginError>;
 }
 
 /// What a handler learns while it handles one record: the shutdown

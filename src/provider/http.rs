@@ -35,10 +35,6 @@ const RETRY_FULL: u32 = 1;
 /// `Retry-After` seconds while shutting down.
 const RETRY_STOPPING: u32 = 5;
 
-/// The `http` provider type.
-#[derive(Debug)]
-pub(crate) struct HttpProviderType;
-
 /// Options of the `http` provider.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -112,30 +108,29 @@ impl TokenSource {
     }
 }
 
-impl ProviderType for HttpProviderType {
-    type Options = HttpOptions;
+impl ProviderType for HttpOptions {
     const TYPE: &'static str = "http";
     const DESCRIPTION: &'static str =
         "jobs submitted over HTTP: POST /job/add and /jobs, waiting for the outcome or not";
 
-    fn build(name: &str, o: HttpOptions) -> Result<Box<dyn Provider>, PluginError> {
-        let listen: SocketAddr = o
+    fn build(self, name: &str) -> Result<Box<dyn Provider>, PluginError> {
+        let listen: SocketAddr = self
             .listen
             .parse()
-            .map_err(|e| format!("listen {:?}: {e}", o.listen))?;
-        if !o.endpoint.starts_with('/') || o.endpoint.contains('?') {
+            .map_err(|e| format!("listen {:?}: {e}", self.listen))?;
+        if !self.endpoint.starts_with('/') || self.endpoint.contains('?') {
             return Err(PluginError::at(
                 "endpoint",
-                format!("{:?}: must be a path starting with /", o.endpoint),
+                format!("{:?}: must be a path starting with /", self.endpoint),
             ));
         }
-        if o.threads == 0 {
+        if self.threads == 0 {
             return Err("threads: must be at least 1".into());
         }
-        if o.max_body == 0 {
+        if self.max_body == 0 {
             return Err("max_body: must be at least 1".into());
         }
-        let token = match (o.token_env, o.token_file) {
+        let token = match (self.token_env, self.token_file) {
             (Some(_), Some(_)) => return Err("give token_env or token_file, not both".into()),
             (Some(var), None) => Some(TokenSource::Env(var)),
             (None, Some(path)) => Some(TokenSource::File(path)),
@@ -144,11 +139,11 @@ impl ProviderType for HttpProviderType {
         Ok(Box::new(HttpProvider {
             name: name.to_string(),
             listen,
-            endpoint: o.endpoint,
-            threads: o.threads,
-            max_body: o.max_body,
+            endpoint: self.endpoint,
+            threads: self.threads,
+            max_body: self.max_body,
             token,
-            store: o.store,
+            store: self.store,
             shared: None,
             handlers: Vec::new(),
         }))
@@ -729,9 +724,7 @@ mod tests {
         let o = |f: fn(&mut HttpOptions)| {
             let mut o = HttpOptions::default();
             f(&mut o);
-            HttpProviderType::build("api", o)
-                .err()
-                .map(|e| e.to_string())
+            o.build("api").err().map(|e| e.to_string())
         };
         assert!(o(|_| {}).is_none());
         assert!(

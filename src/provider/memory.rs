@@ -46,20 +46,14 @@ pub(crate) struct MemoryOptions {
     pub(crate) jobs: Vec<serde_json::Value>,
 }
 
-/// The `memory` provider type: jobs listed in the config run once at
-/// start. Nothing is durable; dead letters are only logged.
-#[derive(Debug)]
-pub(crate) struct MemoryType;
-
-impl ProviderType for MemoryType {
-    type Options = MemoryOptions;
+impl ProviderType for MemoryOptions {
     const TYPE: &'static str = "memory";
     const DESCRIPTION: &'static str =
         "in-process queue; runs the jobs listed in its config once (tests, demos; not durable)";
 
-    fn build(_name: &str, options: MemoryOptions) -> Result<Box<dyn Provider>, PluginError> {
+    fn build(self, _name: &str) -> Result<Box<dyn Provider>, PluginError> {
         let (provider, handle) = MemoryProvider::new();
-        for (i, job) in options.jobs.iter().enumerate() {
+        for (i, job) in self.jobs.iter().enumerate() {
             let raw = serde_json::to_vec(job).map_err(|e| format!("jobs[{i}]: {e}"))?;
             handle
                 .submit_raw(raw)

@@ -87,22 +87,22 @@ pub trait Provider: Send + 'static {
     }
 }
 
-/// A provider type that can be named in the config's `providers:` list.
-pub trait ProviderType: 'static {
-    /// Options beside `type` and `name`. Use `#[serde(deny_unknown_fields,
-    /// default)]` and doc comments; `goworker options` prints the schema.
-    type Options: DeserializeOwned + schemars::JsonSchema;
+/// A provider type that can be named in the config's `providers:` list:
+/// its options as written beside `type` and `name`, deserialized by serde
+/// (use `#[serde(deny_unknown_fields)]` and doc comments: `goworker
+/// options` prints the schema).
+pub trait ProviderType: DeserializeOwned + schemars::JsonSchema + 'static {
     /// The `type:` name in the config.
     const TYPE: &'static str;
     /// One line for `goworker options`.
     const DESCRIPTION: &'static str;
 
-    /// Validates options and builds the provider. Must not connect, open
-    /// files or bind sockets: `goworker check` calls it too.
+    /// Validates the options and builds the provider. Must not connect,
+    /// open files or bind sockets: `goworker check` calls it too.
     ///
     /// # Errors
-    /// A message naming the offending option.
-    fn build(name: &str, options: Self::Options) -> Result<Box<dyn Provider>, PluginError>;
+    /// A [`PluginError`] naming the offending option.
+    fn build(self, name: &str) -> Result<Box<dyn Provider>, PluginError>;
 }
 
 /// Stores jobs durably on behalf of another provider.

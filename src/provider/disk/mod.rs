@@ -71,18 +71,13 @@ impl Default for DiskOptions {
     }
 }
 
-/// The `disk` provider type.
-#[derive(Debug)]
-pub struct Disk;
-
-impl ProviderType for Disk {
-    type Options = DiskOptions;
+impl ProviderType for DiskOptions {
     const TYPE: &'static str = "disk";
     const DESCRIPTION: &'static str =
         "a durable job queue embedded in one redb file (run_at, durable retries, dead letters)";
 
-    fn build(name: &str, options: DiskOptions) -> Result<Box<dyn Provider>, PluginError> {
-        Ok(Box::new(DiskProvider::new(name, options)?))
+    fn build(self, name: &str) -> Result<Box<dyn Provider>, PluginError> {
+        Ok(Box::new(DiskProvider::new(name, self)?))
     }
 }
 

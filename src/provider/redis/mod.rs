@@ -32,18 +32,13 @@ use keys::Keys;
 use options::Settings;
 use std::sync::Arc;
 
-/// The `redis` provider type.
-#[derive(Debug)]
-pub(crate) struct RedisType;
-
-impl ProviderType for RedisType {
-    type Options = RedisOptions;
+impl ProviderType for RedisOptions {
     const TYPE: &'static str = "redis";
     const DESCRIPTION: &'static str = "reliable fetch from redis lists (LPUSH producers, as GoWorker); \
          durable retries, delays and dead letters; many processes may share one redis";
 
-    fn build(name: &str, options: RedisOptions) -> Result<Box<dyn Provider>, PluginError> {
-        let settings = Settings::from_options(name, options)?;
+    fn build(self, name: &str) -> Result<Box<dyn Provider>, PluginError> {
+        let settings = Settings::from_options(name, self)?;
         Ok(Box::new(RedisProvider {
             settings: Arc::new(settings),
             redis: None,
