@@ -42,6 +42,7 @@ mod backoff;
 mod config;
 mod error;
 mod failure;
+mod httpd;
 mod job;
 mod manager;
 mod notify;
