@@ -257,7 +257,7 @@ impl Server {
         };
         let state = self.state.clone();
         let t = std::thread::Builder::new()
-            .name(format!("goworker-{}-accept", self.state.name))
+            .name(format!("goworker-accept-{}", self.state.name))
             .spawn(move || accept_loop(listener, state, handler))?;
         self.accept = Some(t);
         Ok(())
@@ -404,7 +404,7 @@ fn admit(state: &Arc<State>, handler: &Arc<dyn Handler>, stream: TcpStream, peer
     let slot = Arc::new(Mutex::new(Some(stream)));
     let theirs = slot.clone();
     let spawned = std::thread::Builder::new()
-        .name(format!("goworker-{}-conn", state.name))
+        .name(format!("goworker-conn-{}", state.name))
         .stack_size(STACK)
         .spawn(move || {
             let _guard = guard;

@@ -6,6 +6,7 @@ mod util;
 mod core;
 mod disk;
 mod http;
+mod http_limits;
 mod httpworker;
 mod redis;
 mod systemd;
