@@ -1,6 +1,8 @@
 //! Async submits (`?wait=false`, `noop` jobs, keep-alive) to the `http`
 //! provider against a baseline: a bare tiny_http server with the same
-//! number of handler threads answering `202` without a job. Both run in
+//! number of handler threads answering `202` without a job. (goworker no
+//! longer runs on tiny_http; the bare server stays the reference point so
+//! figures compare with earlier runs: a plain HTTP server doing no work.) Both run in
 //! this process, alternately, with the same load generator (C keep-alive
 //! ureq clients posting for D seconds); requests/s, median of R rounds.
 //!

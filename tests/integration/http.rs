@@ -295,7 +295,7 @@ fn every_error_status_has_a_json_body_and_the_service_keeps_serving() {
     drop(c);
     ok();
 
-    // Bad requests tiny_http itself refuses.
+    // Requests that are not HTTP are refused with 400.
     assert!(raw(&addr, b"NONSENSE\r\n\r\n").starts_with("HTTP/1.1 400"));
     ok();
     // The token never reaches the log.
@@ -398,7 +398,7 @@ fn a_client_that_disconnects_while_waiting_leaks_no_thread() {
         assert_eq!(a.status, 200, "{a:?}");
         assert!(wait_until(PATIENCE, || s.succeeded("cli") == 2 * n));
     };
-    // The first round lets tiny_http's connection threads reach their
+    // The first round lets the service's threads reach their
     // steady number; later rounds must not add to it.
     round(1);
     let before = threads(s.g.pid());

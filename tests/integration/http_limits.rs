@@ -51,12 +51,7 @@ fn closed_by_server(c: &mut TcpStream) -> bool {
 /// An authorised waiting submit with a short hang guard: answered, or
 /// `None` when the guard ran out.
 fn quick_submit(api: &str, guard: Duration) -> Option<u16> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(guard))
-        .build()
-        .into();
-    agent
+    guarded(guard)
         .post(&format!("{api}/job/add"))
         .header("Authorization", &format!("Bearer {TOKEN}"))
         .send(r#"{"type":"noop"}"#)
@@ -65,12 +60,20 @@ fn quick_submit(api: &str, guard: Duration) -> Option<u16> {
 }
 
 fn quick_get(url: &str, guard: Duration) -> Option<u16> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    guarded(guard)
+        .get(url)
+        .call()
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+/// A client that gives up after `guard` (a hang guard).
+fn guarded(guard: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(guard))
         .build()
-        .into();
-    agent.get(url).call().ok().map(|r| r.status().as_u16())
+        .into()
 }
 
 /// Reads one response from a kept-alive connection: status and body.
@@ -469,12 +472,10 @@ fn a_listener_that_dies_takes_the_provider_down_and_the_service_exits_non_zero()
     );
     // From then on health is down, naming the provider (while the process
     // still answers at all).
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(PATIENCE))
-        .build()
-        .into();
-    if let Ok(mut r) = agent.get(&format!("{}/healthz", s.stats)).call() {
+    if let Ok(mut r) = guarded(PATIENCE)
+        .get(&format!("{}/healthz", s.stats))
+        .call()
+    {
         let body = r.body_mut().read_to_string().unwrap_or_default();
         assert_eq!(r.status().as_u16(), 503, "{body}");
         assert!(body.contains("\"api\""), "{body}");
