@@ -1,6 +1,8 @@
 //! Async submits (`?wait=false`, `noop` jobs, keep-alive) to the `http`
 //! provider against a baseline: a bare tiny_http server with the same
-//! number of handler threads answering `202` without a job. Both run in
+//! number of handler threads answering `202` without a job. (goworker no
+//! longer runs on tiny_http; the bare server stays the reference point so
+//! figures compare with earlier runs: a plain HTTP server doing no work.) Both run in
 //! this process, alternately, with the same load generator (C keep-alive
 //! ureq clients posting for D seconds); requests/s, median of R rounds.
 //!
@@ -90,8 +92,9 @@ fn goworker_service(threads: usize) -> (goworker::RunningService, String) {
 }
 
 /// Requests/s of 202 answers over `secs` from `clients` keep-alive
-/// clients, the number of 202 answers, and of other answers.
-fn load(addr: &str, clients: usize, secs: u64) -> (f64, u64, u64) {
+/// clients, the number of 202 answers, and of other outcomes: 503
+/// (pipeline full) and anything else (other statuses, transport errors).
+fn load(addr: &str, clients: usize, secs: u64) -> (f64, u64, Other) {
     let url = format!("http://{addr}/job/add?wait=false");
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -103,7 +106,7 @@ fn load(addr: &str, clients: usize, secs: u64) -> (f64, u64, u64) {
                     .http_status_as_error(false)
                     .build()
                     .into();
-                let (mut ok, mut other) = (0u64, 0u64);
+                let (mut ok, mut other) = (0u64, Other::default());
                 while !stop.load(Ordering::Relaxed) {
                     match agent
                         .post(&url)
@@ -112,13 +115,13 @@ fn load(addr: &str, clients: usize, secs: u64) -> (f64, u64, u64) {
                     {
                         Ok(mut r) => {
                             let _ = r.body_mut().read_to_vec();
-                            if r.status().as_u16() == 202 {
-                                ok += 1;
-                            } else {
-                                other += 1;
+                            match r.status().as_u16() {
+                                202 => ok += 1,
+                                503 => other.full += 1,
+                                _ => other.failed += 1,
                             }
                         }
-                        Err(_) => other += 1,
+                        Err(_) => other.failed += 1,
                     }
                 }
                 (ok, other)
@@ -127,13 +130,29 @@ fn load(addr: &str, clients: usize, secs: u64) -> (f64, u64, u64) {
         .collect();
     std::thread::sleep(Duration::from_secs(secs));
     stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut other) = (0, 0);
+    let (mut ok, mut other) = (0, Other::default());
     for w in workers {
         let (o, x) = w.join().expect("client");
         ok += o;
-        other += x;
+        other.full += x.full;
+        other.failed += x.failed;
     }
     (ok as f64 / start.elapsed().as_secs_f64(), ok, other)
+}
+
+/// Answers other than 202.
+#[derive(Debug, Default, Clone, Copy)]
+struct Other {
+    /// 503: the pipeline was full (Retry-After).
+    full: u64,
+    /// Any other status, or no answer.
+    failed: u64,
+}
+
+impl std::fmt::Display for Other {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} full, {} failed", self.full, self.failed)
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -169,7 +188,7 @@ fn main() {
         service.shutdown();
         service.wait();
         println!(
-            "round {round}: baseline {b:.0} req/s ({b_other} other), goworker {g:.0} req/s ({g_other} other, {accepted} accepted, {done} run), ratio {:.2}",
+            "round {round}: baseline {b:.0} req/s ({b_other}), goworker {g:.0} req/s ({g_other}, {accepted} accepted, {done} run), ratio {:.2}",
             g / b
         );
         base.push(b);

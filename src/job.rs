@@ -99,28 +99,11 @@ impl Job {
             raw: String::from_utf8_lossy(payload).into_owned(),
             reason,
         };
-        let mut de = serde_json::Deserializer::from_slice(payload);
-        let mut job: Job = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let e = e.into_inner();
-            if !e.is_data() {
-                return malformed(format!("invalid JSON: {e}"));
-            }
-            // serde's words for people: the field, then what it should be.
-            let text = e.to_string();
-            let message = match text.rfind(" at line ") {
-                Some(i) => &text[..i],
-                None => &text,
-            };
-            let key = path
-                .rsplit('.')
-                .next()
-                .filter(|k| !k.is_empty() && *k != "?");
-            let message = crate::plain::plain(message, key, &[]);
-            match path.as_str() {
-                "." | "" | "?" => malformed(format!("invalid job: {message}")),
-                path => malformed(format!("invalid job: {path}: {message}")),
-            }
+        let mut job: Job = serde_json::from_slice(payload).map_err(|e| {
+            malformed(match e.is_data() {
+                true => format!("invalid job: {}", data_error(payload, &e)),
+                false => format!("invalid JSON: {e}"),
+            })
         })?;
         if job.kind.is_empty() {
             return Err(malformed("invalid job: `type` is empty".into()));
@@ -357,6 +340,48 @@ impl FailureRecord {
 /// The longest `timeout` a job may ask for; a job asking for more is
 /// malformed. (Pools cap it further, e.g. the `cli` worker's `max_timeout`.)
 pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Which field of a job payload is wrong, and how, in plain words
+/// (`retries: "x": expected a whole number ≥ 0`). Found by reading the
+/// payload again with paths — with the free-form parts (`params`, unknown
+/// fields) left out, so that a deeply nested payload costs no deeper
+/// recursion than the first read did.
+fn data_error(payload: &[u8], e: &serde_json::Error) -> String {
+    const KNOWN: [&str; 11] = [
+        "id",
+        "type",
+        "name",
+        "retries",
+        "capture_output",
+        "timeout",
+        "run_at",
+        "attempts",
+        "first_attempt_at",
+        "last_error",
+        "params",
+    ];
+    let text = e.to_string();
+    let bare = text
+        .rfind(" at line ")
+        .map_or(text.as_str(), |i| &text[..i]);
+    let found = match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(mut fields)) => {
+            fields.retain(|k, _| KNOWN.contains(&k.as_str()));
+            fields.insert("params".into(), Value::Null);
+            serde_path_to_error::deserialize::<_, Job>(Value::Object(fields)).err()
+        }
+        _ => None,
+    };
+    let Some(found) = found else {
+        return crate::plain::plain(bare, None, &[]);
+    };
+    let path = found.path().to_string();
+    let message = found.into_inner().to_string();
+    match path.as_str() {
+        "." | "" | "?" => crate::plain::plain(&message, None, &[]),
+        path => format!("{path}: {}", crate::plain::plain(&message, Some(path), &[])),
+    }
+}
 
 /// `timeout` as a humantime string ("30s") or a number of seconds, at most
 /// [`MAX_JOB_TIMEOUT`].

@@ -45,6 +45,7 @@ mod config;
 mod duration;
 mod error;
 mod failure;
+mod httpd;
 mod job;
 mod manager;
 mod notify;

@@ -3,9 +3,11 @@
 //! `prometheus-client`) and `GET /healthz` (200, or 503 with the reasons).
 //!
 //! It only reads what the manager publishes, so it never slows the manager
-//! down; two threads serve it, polling a stop flag.
+//! down. It runs on [`crate::httpd`] with fixed limits ([`limits`]): the
+//! same deadlines, caps and refusals as the `http` provider.
 
 use crate::error::Error;
+use crate::httpd::{self, Limits, Request, Response, Server};
 use crate::provider::Health;
 use crate::stats::{Snapshot, StatsReader};
 use prometheus_client::collector::Collector;
@@ -14,28 +16,26 @@ use prometheus_client::metrics::MetricType;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
-use tiny_http::{Header, Method, Request, Response, Server};
 
-const THREADS: usize = 2;
-const POLL: Duration = Duration::from_millis(100);
-
-/// A bound stats listener, not yet serving.
-pub(crate) struct StatsServer {
-    server: Arc<Server>,
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+/// The stats server's limits: 10 s deadlines, 16 KiB heads, 64 connections,
+/// and no request body (any body over 4 KiB is refused, smaller ones are
+/// discarded).
+pub(crate) fn limits() -> Limits {
+    Limits {
+        read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(10),
+        max_header: 16 << 10,
+        max_body: 4 << 10,
+        max_connections: 64,
+    }
 }
 
-impl std::fmt::Debug for StatsServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StatsServer")
-            .field("addr", &self.addr)
-            .finish()
-    }
+/// A bound stats listener, not yet serving.
+#[derive(Debug)]
+pub(crate) struct StatsServer {
+    server: Server,
+    addr: SocketAddr,
 }
 
 struct Source {
@@ -46,14 +46,9 @@ struct Source {
 impl StatsServer {
     /// Binds the listener (a port in use is a start-up error).
     pub(crate) fn bind(addr: SocketAddr) -> Result<StatsServer, Error> {
-        let server = Server::http(addr)
+        let server = Server::bind("stats", addr, limits())
             .map_err(|e| Error::Other(format!("stats server: listen {addr}: {e}")))?;
-        Ok(StatsServer {
-            server: Arc::new(server),
-            addr,
-            stop: Arc::new(AtomicBool::new(false)),
-            threads: Vec::new(),
-        })
+        Ok(StatsServer { server, addr })
     }
 
     /// Starts the serving threads.
@@ -63,48 +58,26 @@ impl StatsServer {
         healths: Vec<Arc<Health>>,
     ) -> Result<(), Error> {
         let source = Arc::new(Source { reader, healths });
-        for i in 0..THREADS {
-            let (server, stop, source) = (self.server.clone(), self.stop.clone(), source.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("goworker-stats-{i}"))
-                .spawn(move || {
-                    while !stop.load(Ordering::Acquire) {
-                        match server.recv_timeout(POLL) {
-                            Ok(Some(rq)) => source.handle(rq),
-                            Ok(None) => {}
-                            Err(e) => {
-                                log::error!("stats server: {e}");
-                                std::thread::sleep(POLL);
-                            }
-                        }
-                    }
-                })
-                .map_err(|e| Error::io("spawn stats server thread", e))?;
-            self.threads.push(t);
-        }
+        self.server
+            .start(source)
+            .map_err(|e| Error::io("spawn stats server thread", e))?;
         log::info!("stats server on http://{}/stats", self.addr);
         Ok(())
     }
 
-    /// Stops the threads and closes the listener.
+    /// Closes the listener and its connections.
     pub(crate) fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.server.stop();
     }
 }
 
-impl Source {
-    fn handle(&self, rq: Request) {
-        let Some(rq) = crate::provider::http::refuse_absurd_body(rq, 0) else {
-            return;
-        };
-        let path = rq.url().split('?').next().unwrap_or("").to_string();
-        let (status, content_type, body) = match (rq.method(), path.as_str()) {
-            (Method::Get, "/stats") => (200, "application/json", self.stats()),
-            (Method::Get, "/metrics") => self.metrics(),
-            (Method::Get, "/healthz") => self.healthz(),
+impl httpd::Handler for Source {
+    fn handle(&self, rq: Request) -> Response {
+        let path = rq.path();
+        let (status, content_type, body) = match (rq.method.as_str(), path) {
+            ("GET", "/stats") => (200, "application/json", self.stats()),
+            ("GET", "/metrics") => self.metrics(),
+            ("GET", "/healthz") => self.healthz(),
             (_, "/stats" | "/metrics" | "/healthz") => (
                 405,
                 "application/json",
@@ -116,15 +89,11 @@ impl Source {
                 json!({"error": format!("no such path {path:?}")}).to_string(),
             ),
         };
-        let mut response = Response::from_string(body).with_status_code(status);
-        if let Ok(h) = Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()) {
-            response.add_header(h);
-        }
-        if let Err(e) = rq.respond(response) {
-            log::debug!("stats server: answering: {e}");
-        }
+        Response::new(status, content_type, body.into_bytes())
     }
+}
 
+impl Source {
     fn stats(&self) -> String {
         serde_json::to_string(&*self.reader.snapshot()).unwrap_or_default()
     }

@@ -1,7 +1,7 @@
 //! The `http` provider: jobs submitted over HTTP, GoWorker's `POST /job/add`.
 //!
-//! A fixed number of handler threads take requests from one `tiny_http`
-//! listener. By default a request is held open until the job's final
+//! Requests are served by [`crate::httpd`] (a thread per connection, under
+//! a cap, with deadlines and size limits). By default a request is held open until the job's final
 //! outcome (the [`Acker`] hands the [`Report`] to the waiting thread over a
 //! channel, so the manager never blocks); `?wait=false` answers `202` once
 //! the job is accepted, and only after it is durable when `store` names a
@@ -10,25 +10,19 @@
 use super::{Acker, Delivery, Enqueue, JobStore, Provider, ProviderContext, ProviderType};
 use crate::error::Error;
 use crate::error::PluginError;
+use crate::httpd::{self, Limits, Request, Response, Server};
 use crate::job::{FailureRecord, Job, JobStatus, Report};
 use crossbeam_channel::{Receiver, Sender};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
-use tiny_http::{Header, Method, Request, Response, Server};
 
 /// The path that also accepts a JSON array of jobs (bulk submit).
 const BULK_PATH: &str = "/jobs";
-/// Declared body sizes above this are not discarded but abandoned (see
-/// [`refuse_absurd_body`]).
-const ABANDON_OVER: usize = 64 << 20;
-/// How often handler threads look at the stop flag.
+/// How often `run` looks at the stop flag and the listener.
 const POLL: Duration = Duration::from_millis(100);
 /// `Retry-After` seconds when the pipeline is full.
 const RETRY_FULL: u32 = 1;
@@ -44,11 +38,26 @@ pub(crate) struct HttpOptions {
     /// Path that takes one job (GoWorker's). `/jobs` is served too and also
     /// takes a JSON array of jobs. Default `/job/add`.
     endpoint: String,
-    /// Handler threads; a waiting request holds one until its job ends.
-    /// Default 16.
+    /// Deprecated and ignored: every connection has its own thread now
+    /// (see `max_connections`). Still accepted (at least 1) so existing
+    /// configs load. Default 16.
     threads: usize,
-    /// Largest request body in bytes; larger ones get `413`. Default 1048576 (1 MiB).
+    /// Largest request body in bytes; larger ones get `413` from the
+    /// declared length, unread. Default 1048576 (1 MiB).
     max_body: usize,
+    /// Largest request head (request line and headers) in bytes; larger
+    /// ones get `431`. Default 16384 (16 KiB).
+    max_header: usize,
+    /// Connections served at once; one more is answered `503` at once and
+    /// closed. Default 256.
+    max_connections: usize,
+    /// Deadline for a request's head (from its first byte), then for its
+    /// body, then for writing the answer; a client slower than this is
+    /// dropped. Default `10s`.
+    read_timeout: String,
+    /// How long an open connection may wait for its next request before it
+    /// is closed. Default `10s`.
+    idle_timeout: String,
     /// Environment variable holding the bearer token callers must send.
     /// Default none (no token).
     token_env: Option<String>,
@@ -68,6 +77,10 @@ impl Default for HttpOptions {
             endpoint: "/job/add".into(),
             threads: 16,
             max_body: 1 << 20,
+            max_header: 16 << 10,
+            max_connections: 256,
+            read_timeout: "10s".into(),
+            idle_timeout: "10s".into(),
             token_env: None,
             token_file: None,
             store: None,
@@ -130,6 +143,33 @@ impl ProviderType for HttpOptions {
         if self.max_body == 0 {
             return Err("max_body: must be at least 1".into());
         }
+        if self.max_header < 256 {
+            return Err(PluginError::at("max_header", "must be at least 256"));
+        }
+        if self.max_connections == 0 {
+            return Err(PluginError::at("max_connections", "must be at least 1"));
+        }
+        let duration = |key: &str, v: &str| {
+            crate::duration::text(v)
+                .map_err(|e| PluginError::at(key, e))
+                .and_then(|d| {
+                    if d.is_zero() || d > MAX_TIMEOUT {
+                        Err(PluginError::at(
+                            key,
+                            format!("{v:?}: must be between 1ms and 1h"),
+                        ))
+                    } else {
+                        Ok(d)
+                    }
+                })
+        };
+        let limits = Limits {
+            read_timeout: duration("read_timeout", &self.read_timeout)?,
+            idle_timeout: duration("idle_timeout", &self.idle_timeout)?,
+            max_header: self.max_header,
+            max_body: self.max_body,
+            max_connections: self.max_connections,
+        };
         let token = match (self.token_env, self.token_file) {
             (Some(_), Some(_)) => return Err("give token_env or token_file, not both".into()),
             (Some(var), None) => Some(TokenSource::Env(var)),
@@ -140,39 +180,34 @@ impl ProviderType for HttpOptions {
             name: name.to_string(),
             listen,
             endpoint: self.endpoint,
-            threads: self.threads,
-            max_body: self.max_body,
+            limits,
             token,
             store: self.store,
-            shared: None,
-            handlers: Vec::new(),
+            server: None,
         }))
     }
 }
 
-/// The provider: validated options, then the listener and handler threads.
+/// Bound on `read_timeout` and `idle_timeout`.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The provider: validated options, then the listener and its handler.
 struct HttpProvider {
     name: String,
     listen: SocketAddr,
     endpoint: String,
-    threads: usize,
-    max_body: usize,
+    limits: Limits,
     token: Option<TokenSource>,
     store: Option<String>,
-    shared: Option<Arc<Shared>>,
-    handlers: Vec<JoinHandle<()>>,
+    server: Option<(Server, Arc<Shared>)>,
 }
 
-/// What every handler thread needs.
+/// What every connection thread needs.
 struct Shared {
-    server: Server,
     ctx: ProviderContext,
     endpoint: String,
-    max_body: usize,
     token: Option<String>,
     store: Option<Arc<dyn JobStore>>,
-    /// Set in `finish`, after the manager settled every delivery.
-    closed: AtomicBool,
 }
 
 impl Provider for HttpProvider {
@@ -190,8 +225,12 @@ impl Provider for HttpProvider {
             })?),
             None => None,
         };
-        let server =
-            Server::http(self.listen).map_err(|e| fail(format!("listen {}: {e}", self.listen)))?;
+        let server = Server::bind(
+            &format!("http-{}", self.name),
+            self.listen,
+            self.limits.clone(),
+        )
+        .map_err(|e| fail(format!("listen {}: {e}", self.listen)))?;
         log::info!(
             "provider {}: listening on http://{}{} and {BULK_PATH}{}",
             self.name,
@@ -203,47 +242,43 @@ impl Provider for HttpProvider {
                 ""
             }
         );
-        self.shared = Some(Arc::new(Shared {
-            server,
+        let shared = Arc::new(Shared {
             ctx: ctx.clone(),
             endpoint: self.endpoint.clone(),
-            max_body: self.max_body,
             token,
             store,
-            closed: AtomicBool::new(false),
-        }));
+        });
+        self.server = Some((server, shared));
         Ok(())
     }
 
     fn run(&mut self, ctx: &ProviderContext) -> Result<(), Error> {
-        let Some(shared) = self.shared.clone() else {
+        let Some((server, shared)) = &mut self.server else {
             return Err(Error::provider(&self.name, "run before open"));
         };
-        for i in 0..self.threads {
-            let s = shared.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("goworker-http-{}-{i}", self.name))
-                .spawn(move || s.serve())
-                .map_err(|e| Error::io("spawn http handler thread", e))?;
-            self.handlers.push(handle);
-        }
+        server
+            .start(shared.clone())
+            .map_err(|e| Error::io("spawn http accept thread", e))?;
         ctx.set_up();
-        // Handler threads answer 503 from now on until `finish`.
+        // Requests are answered 503 from now on until `finish`. A listener
+        // that dies takes the provider down, and with it the service.
         while !ctx.is_stopping() {
+            if let Some(why) = server.failure() {
+                return Err(Error::provider(
+                    &self.name,
+                    format!("listener on {} died: {why}", self.listen),
+                ));
+            }
             std::thread::sleep(POLL);
         }
         Ok(())
     }
 
     fn finish(&mut self) {
-        if let Some(s) = &self.shared {
-            s.closed.store(true, Ordering::Release);
+        // Closes the listener and every idle or stalled connection.
+        if let Some((mut server, _)) = self.server.take() {
+            server.stop();
         }
-        for h in self.handlers.drain(..) {
-            let _ = h.join();
-        }
-        // Dropping the server closes the listening socket.
-        self.shared = None;
     }
 
     fn stores_into(&self) -> Option<&str> {
@@ -285,54 +320,19 @@ impl Answer {
         a
     }
 
-    fn send(self, rq: Request) {
-        let mut response = Response::from_data(self.body.to_string()).with_status_code(self.status);
-        add_header(&mut response, "Content-Type", "application/json");
+    fn response(self) -> Response {
+        let mut r = Response::json(self.status, &self.body);
         if let Some(secs) = self.retry_after {
-            add_header(&mut response, "Retry-After", &secs.to_string());
+            r = r.with_header("Retry-After", secs.to_string());
         }
         if self.allow {
-            add_header(&mut response, "Allow", "POST");
+            r = r.with_header("Allow", "POST".into());
         }
         if self.challenge {
-            add_header(&mut response, "WWW-Authenticate", "Bearer");
+            r = r.with_header("WWW-Authenticate", "Bearer".into());
         }
-        // A client that went away is not an error worth more than a line.
-        if let Err(e) = rq.respond(response) {
-            log::debug!("http: answering {}: {e}", self.status);
-        }
+        r
     }
-}
-
-/// Adds a header; names and values here are ASCII constants or digits,
-/// which tiny_http always accepts.
-fn add_header<R: Read>(response: &mut Response<R>, name: &str, value: &str) {
-    if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-        response.add_header(h);
-    }
-}
-
-/// Answers `413` to a request declaring a body larger than 64 MiB and
-/// abandons its connection; gives back every other request.
-///
-/// tiny_http discards an unread body when a request is dropped, allocating
-/// a buffer of the declared size first: for an absurd `Content-Length` that
-/// aborts the process. So such a request is never dropped: the answer goes
-/// out and the connection is left (its tiny_http thread and socket are not
-/// reclaimed, which is the lesser harm).
-pub(crate) fn refuse_absurd_body(rq: Request, max_body: usize) -> Option<Request> {
-    let Some(n) = rq.body_length().filter(|n| *n > ABANDON_OVER) else {
-        return Some(rq);
-    };
-    log::warn!(
-        "http: {} declared a {n}-byte body; refused, connection abandoned",
-        rq.remote_addr().map(|a| a.to_string()).unwrap_or_default()
-    );
-    let body = json!({ "error": format!("request body over the limit of {max_body} bytes") });
-    let mut response = Response::from_data(body.to_string()).with_status_code(413);
-    add_header(&mut response, "Content-Type", "application/json");
-    std::mem::forget(rq.upgrade("goworker-refused", response));
-    None
 }
 
 /// A parsed submission: the jobs and whether it came as an array.
@@ -342,57 +342,55 @@ struct Submission {
     wait: bool,
 }
 
-impl Shared {
-    fn serve(&self) {
-        while !self.closed.load(Ordering::Acquire) {
-            match self.server.recv_timeout(POLL) {
-                Ok(Some(rq)) => self.handle(rq),
-                Ok(None) => {}
-                Err(e) => {
-                    log::error!("provider {}: accept: {e}", self.ctx.name());
-                    std::thread::sleep(POLL);
-                }
-            }
-        }
+impl httpd::Handler for Shared {
+    /// Path, method and token, before any of the body is read.
+    fn check(&self, rq: &Request) -> Option<Response> {
+        route(&self.endpoint, &rq.method, &rq.target)
+            .and_then(|_| self.authorize(rq))
+            .err()
+            .map(Answer::response)
     }
 
-    fn handle(&self, rq: Request) {
-        let Some(mut rq) = refuse_absurd_body(rq, self.max_body) else {
-            return;
-        };
-        let submission = match self.check(&mut rq) {
+    fn handle(&self, rq: Request) -> Response {
+        let submission = match self.submission(&rq) {
             Ok(s) => s,
-            Err(answer) => return answer.send(rq),
+            Err(answer) => return answer.response(),
         };
         if self.ctx.is_stopping() {
-            return Answer::unavailable("shutting down", RETRY_STOPPING).send(rq);
+            return Answer::unavailable("shutting down", RETRY_STOPPING).response();
         }
         let answer = match (submission.wait, &self.store) {
             (false, Some(store)) => self.store_jobs(store.as_ref(), submission),
             (false, None) => self.accept(submission),
             (true, _) => self.wait_for(submission),
         };
-        answer.send(rq)
+        answer.response()
     }
+}
 
+/// Where a request goes: whether it is a bulk path and whether it waits;
+/// `404`/`405` otherwise. Any method and target, never a panic.
+fn route(endpoint: &str, method: &str, target: &str) -> Result<(bool, bool), Answer> {
+    let (path, query) = httpd::split_target(target);
+    if path != endpoint && path != BULK_PATH {
+        return Err(Answer::error(404, format!("no such path {path:?}")));
+    }
+    if method != "POST" {
+        let mut a = Answer::error(405, format!("{method} not allowed; use POST"));
+        a.allow = true;
+        return Err(a);
+    }
+    let wait = !query
+        .split('&')
+        .any(|kv| kv == "wait=false" || kv == "wait=0");
+    Ok((path == BULK_PATH, wait))
+}
+
+impl Shared {
     /// Everything that can be refused before a job enters the pipeline.
-    fn check(&self, rq: &mut Request) -> Result<Submission, Answer> {
-        let url = rq.url().to_string();
-        let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-        if path != self.endpoint && path != BULK_PATH {
-            return Err(Answer::error(404, format!("no such path {path:?}")));
-        }
-        if *rq.method() != Method::Post {
-            let mut a = Answer::error(405, format!("{} not allowed; use POST", rq.method()));
-            a.allow = true;
-            return Err(a);
-        }
-        self.authorize(rq)?;
-        let body = self.read_body(rq)?;
-        let wait = !query
-            .split('&')
-            .any(|kv| kv == "wait=false" || kv == "wait=0");
-        let (jobs, bulk) = parse_jobs(&body, path == BULK_PATH)?;
+    fn submission(&self, rq: &Request) -> Result<Submission, Answer> {
+        let (bulk_path, wait) = route(&self.endpoint, &rq.method, &rq.target)?;
+        let (jobs, bulk) = parse_jobs(&rq.body, bulk_path)?;
         if let Some(job) = jobs.iter().find(|j| !self.ctx.knows_type(&j.kind)) {
             return Err(Answer::error(
                 422,
@@ -408,10 +406,8 @@ impl Shared {
             return Ok(());
         };
         let given = rq
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .and_then(|h| h.value.as_str().trim().split_once(' '))
+            .header("Authorization")
+            .and_then(|v| v.trim().split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim());
         let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes())));
@@ -421,29 +417,6 @@ impl Shared {
         let mut a = Answer::error(401, "missing or wrong bearer token");
         a.challenge = true;
         Err(a)
-    }
-
-    /// Reads at most `max_body` bytes. An oversize body is refused before
-    /// any of it is read; tiny_http then discards the rest as it arrives.
-    fn read_body(&self, rq: &mut Request) -> Result<Vec<u8>, Answer> {
-        let too_large = || {
-            Answer::error(
-                413,
-                format!("request body over the limit of {} bytes", self.max_body),
-            )
-        };
-        if rq.body_length().is_some_and(|n| n > self.max_body) {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        rq.as_reader()
-            .take(self.max_body as u64 + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| Answer::error(400, format!("reading the body: {e}")))?;
-        if body.len() > self.max_body {
-            return Err(too_large());
-        }
-        Ok(body)
     }
 
     /// `?wait=false` with a store: durable before `202`.
@@ -739,6 +712,22 @@ mod tests {
         );
         assert!(o(|o| o.threads = 0).unwrap().contains("threads"));
         assert!(
+            o(|o| o.max_connections = 0)
+                .unwrap()
+                .contains("max_connections")
+        );
+        assert!(o(|o| o.max_header = 10).unwrap().contains("max_header"));
+        assert!(
+            o(|o| o.read_timeout = "0s".into())
+                .unwrap()
+                .contains("read_timeout")
+        );
+        assert!(
+            o(|o| o.idle_timeout = "soon".into())
+                .unwrap()
+                .contains("idle_timeout")
+        );
+        assert!(
             o(|o| {
                 o.token_env = Some("A".into());
                 o.token_file = Some("b".into());
@@ -746,5 +735,46 @@ mod tests {
             .unwrap()
             .contains("not both")
         );
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route("/job/add", "POST", "/job/add").ok(),
+            Some((false, true))
+        );
+        assert_eq!(
+            route("/job/add", "POST", "/jobs?x=1&wait=false").ok(),
+            Some((true, false))
+        );
+        assert_eq!(
+            route("/job/add", "POST", "/job/add?wait=0").ok(),
+            Some((false, false))
+        );
+        assert_eq!(
+            route("/job/add", "GET", "/job/add").err().map(|a| a.status),
+            Some(405)
+        );
+        assert_eq!(
+            route("/job/add", "POST", "/job").err().map(|a| a.status),
+            Some(404)
+        );
+    }
+
+    proptest::proptest! {
+        /// Any method and target: routed or refused with 404/405, never a panic.
+        #[test]
+        fn any_request_line_routes_without_panicking(
+            method in proptest::prelude::any::<String>(),
+            target in proptest::prelude::any::<String>(),
+            tail in "[/?&=a-z0-9%]{0,40}",
+        ) {
+            for t in [target.clone(), format!("/job/add{tail}"), format!("/jobs?{tail}")] {
+                match route("/job/add", &method, &t) {
+                    Ok(_) => proptest::prop_assert_eq!(method.as_str(), "POST"),
+                    Err(a) => proptest::prop_assert!(a.status == 404 || a.status == 405),
+                }
+            }
+        }
     }
 }

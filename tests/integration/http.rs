@@ -12,20 +12,20 @@ use std::time::Duration;
 
 /// An HTTP answer: status, headers we look at, JSON body (or text).
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    retry_after: Option<String>,
-    text: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) retry_after: Option<String>,
+    pub(crate) text: String,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.text)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
     }
 }
 
-fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+pub(crate) fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
     let mut r = r.expect("HTTP request");
     let header = |n: &str| {
         r.headers()
@@ -41,7 +41,7 @@ fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
     }
 }
 
-fn post(agent: &ureq::Agent, url: &str, body: &str) -> Answer {
+pub(crate) fn post(agent: &ureq::Agent, url: &str, body: &str) -> Answer {
     answer(
         agent
             .post(url)
@@ -50,15 +50,15 @@ fn post(agent: &ureq::Agent, url: &str, body: &str) -> Answer {
     )
 }
 
-fn get(url: &str) -> Answer {
+pub(crate) fn get(url: &str) -> Answer {
     answer(agent().get(url).call())
 }
 
 /// A goworker process with an `http` provider `api` and a stats server.
-struct Service {
-    g: Goworker,
-    api: String,
-    stats: String,
+pub(crate) struct Service {
+    pub(crate) g: Goworker,
+    pub(crate) api: String,
+    pub(crate) stats: String,
     _dir: tempfile::TempDir,
 }
 
@@ -68,7 +68,7 @@ fn start(provider_extra: &str, manager_extra: &str, workers: &str) -> Service {
     start_env(provider_extra, manager_extra, workers, &[])
 }
 
-fn start_env(
+pub(crate) fn start_env(
     provider_extra: &str,
     manager_extra: &str,
     workers: &str,
@@ -91,7 +91,7 @@ fn start_env(
     }
 }
 
-const CLI_AND_NOOP: &str = "  - type: cli\n    count: 2\n    allow: [echo, sleep, ./fail.sh]\n  - type: noop\n    count: 2\n";
+pub(crate) const CLI_AND_NOOP: &str = "  - type: cli\n    count: 2\n    allow: [echo, sleep, ./fail.sh]\n  - type: noop\n    count: 2\n";
 
 impl Service {
     fn stats(&self) -> Value {
@@ -104,7 +104,7 @@ impl Service {
             .unwrap_or(0)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.g.log_text()
     }
 }
@@ -196,7 +196,7 @@ fn no_wait_answers_202_and_the_job_runs() {
 
 /// Sends a request by hand; returns the whole answer text (up to EOF or
 /// the read timeout).
-fn raw(addr: &str, request: &[u8]) -> String {
+pub(crate) fn raw(addr: &str, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     s.write_all(request).unwrap();
@@ -295,7 +295,7 @@ fn every_error_status_has_a_json_body_and_the_service_keeps_serving() {
     drop(c);
     ok();
 
-    // Bad requests tiny_http itself refuses.
+    // Requests that are not HTTP are refused with 400.
     assert!(raw(&addr, b"NONSENSE\r\n\r\n").starts_with("HTTP/1.1 400"));
     ok();
     // The token never reaches the log.
@@ -398,7 +398,7 @@ fn a_client_that_disconnects_while_waiting_leaks_no_thread() {
         assert_eq!(a.status, 200, "{a:?}");
         assert!(wait_until(PATIENCE, || s.succeeded("cli") == 2 * n));
     };
-    // The first round lets tiny_http's connection threads reach their
+    // The first round lets the service's threads reach their
     // steady number; later rounds must not add to it.
     round(1);
     let before = threads(s.g.pid());

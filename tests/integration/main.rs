@@ -9,6 +9,7 @@ mod custom_provider;
 mod disk;
 mod docs;
 mod http;
+mod http_limits;
 mod httpworker;
 mod producers;
 mod redis;
