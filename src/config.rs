@@ -59,14 +59,17 @@ impl Default for RawManager {
             stats_listen: Some("127.0.0.1:9090".into()),
             shutdown_timeout: "30s".into(),
             channel_bound: 1024,
-            retry: RawRetry::default(),
+            retry: RawRetry::from(Backoff::DEFAULT),
             capture_limit: 64 * 1024,
         }
     }
 }
 
-/// Retry back-off as written: `{ base: 1s, max: 5m, jitter: full }`.
-#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
+/// Retry back-off as written, e.g. `{ base: 1s, max: 5m, jitter: full }`,
+/// in `manager.retry` and in a pool's `retry`. An unset key keeps the
+/// value it overrides: the pool's from `manager.retry`, the manager's from
+/// [`Backoff::DEFAULT`].
+#[derive(Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawRetry {
     /// Delay cap of the first retry; doubles each attempt.
@@ -77,12 +80,14 @@ pub(crate) struct RawRetry {
     pub(crate) jitter: Option<Jitter>,
 }
 
-impl Default for RawRetry {
-    fn default() -> RawRetry {
+impl From<Backoff> for RawRetry {
+    /// The back-off written out, for the defaults `goworker options` shows.
+    fn from(b: Backoff) -> RawRetry {
+        let text = |d: Duration| Some(humantime::format_duration(d).to_string());
         RawRetry {
-            base: Some("1s".into()),
-            max: Some("5m".into()),
-            jitter: Some(Jitter::Full),
+            base: text(b.base),
+            max: text(b.max),
+            jitter: Some(b.jitter),
         }
     }
 }
@@ -105,19 +110,7 @@ pub(crate) struct RawPoolCommon {
     pub(crate) timeout: Option<String>,
     /// Retry back-off for this pool; unset keys come from manager.retry.
     #[serde(default)]
-    pub(crate) retry: Option<RawRetryOverride>,
-}
-
-/// A pool's back-off override: unset keys come from `manager.retry`.
-#[derive(Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct RawRetryOverride {
-    /// Delay cap of the first retry.
-    pub(crate) base: Option<String>,
-    /// Largest delay.
-    pub(crate) max: Option<String>,
-    /// full, equal or none.
-    pub(crate) jitter: Option<Jitter>,
+    pub(crate) retry: Option<RawRetry>,
 }
 
 fn one() -> usize {
@@ -442,25 +435,41 @@ impl Parser<'_> {
                 "must be at least 1",
             ));
         }
-        let base = self.duration(
-            &["manager", "retry", "base"],
-            raw.retry.base.as_deref().unwrap_or("1s"),
-        )?;
-        let max = self.duration(
-            &["manager", "retry", "max"],
-            raw.retry.max.as_deref().unwrap_or("5m"),
-        )?;
+        let retry_at = vec![Seg::Key("manager".into()), Seg::Key("retry".into())];
+        let retry = self.retry(retry_at, &raw.retry, Backoff::DEFAULT)?;
         Ok(ManagerConfig {
             stats_listen,
             shutdown_timeout: self
                 .duration(&["manager", "shutdown_timeout"], &raw.shutdown_timeout)?,
             channel_bound: raw.channel_bound,
-            retry: Backoff {
-                base,
-                max,
-                jitter: raw.retry.jitter.unwrap_or(Jitter::Full),
-            },
+            retry,
             capture_limit: raw.capture_limit,
+        })
+    }
+
+    /// A retry back-off: the keys `raw` sets, the rest from `inherited`.
+    /// `at` is where `raw` is written (`manager.retry`, `workers[i].retry`).
+    fn retry(
+        &self,
+        at: Vec<Seg>,
+        raw: &RawRetry,
+        inherited: Backoff,
+    ) -> Result<Backoff, ConfigError> {
+        let duration = |key: &str, v: &Option<String>, d: Duration| match v {
+            None => Ok(d),
+            Some(v) => humantime::parse_duration(v).map_err(|e| {
+                let mut p = at.clone();
+                p.push(Seg::Key(key.into()));
+                self.error(
+                    p,
+                    format!("invalid duration {v:?}: {e} (write e.g. 250ms, 30s, 5m)"),
+                )
+            }),
+        };
+        Ok(Backoff {
+            base: duration("base", &raw.base, inherited.base)?,
+            max: duration("max", &raw.max, inherited.max)?,
+            jitter: raw.jitter.unwrap_or(inherited.jitter),
         })
     }
 
@@ -543,20 +552,10 @@ impl Parser<'_> {
                 })?),
                 None => None,
             };
-            let mut retry = manager.retry;
-            if let Some(r) = &c.retry {
-                let dur = |k: &str, v: &Option<String>, d: Duration| match v {
-                    Some(v) => humantime::parse_duration(v).map_err(|e| {
-                        let mut p = at("retry");
-                        p.push(Seg::Key(k.into()));
-                        self.error(p, format!("invalid duration {v:?}: {e}"))
-                    }),
-                    None => Ok(d),
-                };
-                retry.base = dur("base", &r.base, retry.base)?;
-                retry.max = dur("max", &r.max, retry.max)?;
-                retry.jitter = r.jitter.unwrap_or(retry.jitter);
-            }
+            let retry = match &c.retry {
+                Some(r) => self.retry(at("retry"), r, manager.retry)?,
+                None => manager.retry,
+            };
             let info = PoolInfo {
                 name: name.clone(),
                 count: c.count,

@@ -1,6 +1,7 @@
 //! Statistics kept by the manager thread without locks, and the snapshot
 //! it publishes for the stats server, sd_notify and library users.
 
+use crate::manager::Decision;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -223,15 +224,17 @@ impl StatsReader {
     }
 }
 
-/// The manager's own, lock-free counters.
+/// The manager's own, lock-free counters. The manager reports each event
+/// with one call (`on_received`, `on_started`, `on_settled`,
+/// `on_released`); the snapshot turns them into [`Snapshot`]s.
 #[derive(Debug)]
 pub(crate) struct Stats {
     started: Instant,
-    pub(crate) types: Vec<Counters>,
-    pub(crate) durations: Vec<Histogram>,
-    pub(crate) in_flight: Vec<usize>,
-    pub(crate) providers: Vec<Counters>,
-    pub(crate) rejected: Vec<u64>,
+    types: Vec<Counters>,
+    durations: Vec<Histogram>,
+    in_flight: Vec<usize>,
+    providers: Vec<Counters>,
+    rejected: Vec<u64>,
     /// Outcomes by (pool, provider).
     /// Indexed `pool * providers + provider`: no hashing on the hot path.
     pairs: Vec<Counters>,
@@ -255,9 +258,62 @@ impl Stats {
         }
     }
 
-    /// The counters of jobs of `pool` from `provider`.
-    pub(crate) fn pair(&mut self, pool: usize, provider: usize) -> &mut Counters {
-        &mut self.pairs[pool * self.provider_count + provider]
+    /// A delivery from `provider` was taken while running: routed to
+    /// `pool`, or (`None`) rejected and dead-lettered unrun because it was
+    /// no job or named a type with no pool.
+    #[inline]
+    pub(crate) fn on_received(&mut self, provider: usize, pool: Option<usize>) {
+        let p = &mut self.providers[provider];
+        p.received += 1;
+        match pool {
+            Some(pool) => self.types[pool].received += 1,
+            None => {
+                p.failed += 1;
+                self.rejected[provider] += 1;
+            }
+        }
+    }
+
+    /// An attempt of a job of `pool` from `provider` was handed to the pool.
+    #[inline]
+    pub(crate) fn on_started(&mut self, pool: usize, provider: usize) {
+        self.in_flight[pool] += 1;
+        self.types[pool].attempts += 1;
+        self.providers[provider].attempts += 1;
+    }
+
+    /// An attempt came back from `pool` and the manager decided: `ran` is
+    /// how long it ran, `None` when it was handed back un-run.
+    #[inline]
+    pub(crate) fn on_settled(
+        &mut self,
+        pool: usize,
+        provider: usize,
+        decision: &Decision,
+        ran: Option<Duration>,
+    ) {
+        self.in_flight[pool] = self.in_flight[pool].saturating_sub(1);
+        if let Some(d) = ran {
+            self.durations[pool].record(d);
+        }
+        let field: fn(&mut Counters) -> &mut u64 = match decision {
+            Decision::Succeeded => |c| &mut c.succeeded,
+            Decision::Retry { .. } => |c| &mut c.retried,
+            Decision::Dead => |c| &mut c.failed,
+            Decision::Release => return self.on_released(provider, None),
+        };
+        *field(&mut self.types[pool]) += 1;
+        *field(&mut self.providers[provider]) += 1;
+        *field(&mut self.pairs[pool * self.provider_count + provider]) += 1;
+    }
+
+    /// A job from `provider` was handed back un-finished; `pool` when it
+    /// was counted in flight there (queued, never run).
+    pub(crate) fn on_released(&mut self, provider: usize, pool: Option<usize>) {
+        if let Some(pool) = pool {
+            self.in_flight[pool] = self.in_flight[pool].saturating_sub(1);
+        }
+        self.providers[provider].released += 1;
     }
 
     pub(crate) fn snapshot(
