@@ -850,4 +850,48 @@ mod tests {
         let e = parse("workers: [\n").unwrap_err();
         assert!(e.location.is_some(), "{e}");
     }
+
+    #[test]
+    fn retry_keys_not_set_are_inherited_pool_from_manager_manager_from_default() {
+        let c = parse("workers:\n  - type: noop\n").unwrap();
+        assert_eq!(c.manager.retry, Backoff::DEFAULT);
+        assert_eq!(c.pools[0].retry, Backoff::DEFAULT);
+
+        let c = parse(
+            "manager:\n  retry: { base: 2s, jitter: none }\nworkers:\n  - type: noop\n    retry: { max: 9s }\n  - type: noop\n    name: other\n",
+        )
+        .unwrap();
+        let manager = Backoff {
+            base: Duration::from_secs(2),
+            max: Backoff::DEFAULT.max,
+            jitter: Jitter::None,
+        };
+        assert_eq!(c.manager.retry, manager);
+        assert_eq!(
+            c.pools[0].retry,
+            Backoff {
+                max: Duration::from_secs(9),
+                ..manager
+            }
+        );
+        assert_eq!(c.pools[1].retry, manager);
+    }
+
+    #[test]
+    fn a_bad_retry_duration_names_its_key_with_the_same_hint_everywhere() {
+        let e = parse("manager:\n  retry: { max: forever }\n").unwrap_err();
+        assert_eq!(e.path, "manager.retry.max");
+        assert!(e.message.contains("(write e.g. 250ms, 30s, 5m)"), "{e}");
+        let e = parse("workers:\n  - type: noop\n    retry: { base: soon }\n").unwrap_err();
+        assert_eq!(e.path, "workers[0].retry.base");
+        assert!(e.message.contains("(write e.g. 250ms, 30s, 5m)"), "{e}");
+    }
+
+    #[test]
+    fn options_show_the_retry_defaults_from_the_one_backoff_default() {
+        let raw = RawManager::default().retry;
+        assert_eq!(raw.base.as_deref(), Some("1s"));
+        assert_eq!(raw.max.as_deref(), Some("5m"));
+        assert_eq!(raw.jitter, Some(Jitter::Full));
+    }
 }
