@@ -61,7 +61,7 @@ impl Histogram {
         if self.fine.is_empty() {
             self.fine = vec![0; FINE_BUCKETS + 1];
         }
-        let micros = (d.as_nanos() as f64 / 1000.0).max(1.0);
+        let micros = (secs * 1e6).max(1.0);
         let f = ((micros.log2() * 4.0).ceil() as usize).min(FINE_BUCKETS);
         self.fine[f] += 1;
         self.count += 1;

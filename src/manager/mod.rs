@@ -161,7 +161,12 @@ impl Loop {
     /// The pool that runs jobs of type `kind`. Pools are few: comparing
     /// their names is cheaper than hashing the type of every job.
     fn route(&self, kind: &str) -> Option<usize> {
-        self.m.pools.iter().position(|p| p.config.name == kind)
+        let kind = kind.as_bytes();
+        self.m.pools.iter().position(|p| {
+            let name = p.config.name.as_bytes();
+            // Inlined: type names are short, a call to memcmp costs more.
+            name.len() == kind.len() && name.iter().zip(kind).all(|(a, b)| a == b)
+        })
     }
 
     fn provider_name(&self, i: usize) -> &str {

@@ -6,7 +6,7 @@
 use super::decide::{Decision, decide};
 use super::timers::{Now, Waiting};
 use super::{InFlight, Loop, State};
-use crate::job::{FailureRecord, Job, JobStatus, Outcome, Report, time_to_unix};
+use crate::job::{FailureRecord, Job, JobStatus, Outcome, Report};
 use crate::pool::{Done, Refused, Task};
 use crate::provider::{Acker, Delivery};
 use std::time::Duration;
@@ -95,7 +95,7 @@ impl Loop {
     ) {
         job.attempts = job.attempts.saturating_add(1);
         if job.first_attempt_at.is_none() {
-            job.first_attempt_at = Some(time_to_unix(now.wall));
+            job.first_attempt_at = Some(now.unix);
         }
         log::debug!(
             "job {} ({}): attempt {} on pool {}",

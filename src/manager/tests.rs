@@ -132,10 +132,10 @@ fn rig_with(retry: Backoff, shutdown_timeout: Duration) -> Rig {
         hooks: Box::new(NoHooks),
     };
     // Far from the real wall clock: nothing may read the real one.
-    let t0 = Now {
-        mono: std::time::Instant::now(),
-        wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000),
-    };
+    let t0 = Now::new(
+        std::time::Instant::now(),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000),
+    );
     Rig {
         l: Loop::new(m),
         t0,
@@ -166,10 +166,7 @@ impl Rig {
     /// The fake clock `secs` after the start.
     fn at(&self, secs: u64) -> Now {
         let d = Duration::from_secs(secs);
-        Now {
-            mono: self.t0.mono + d,
-            wall: self.t0.wall + d,
-        }
+        Now::new(self.t0.mono + d, self.t0.wall + d)
     }
 
     fn deliver(&mut self, payload: Result<Job, Malformed>, can_defer: bool, now: Now) {

@@ -3,7 +3,7 @@
 //! clock readings the loop passes down instead of reading time itself.
 
 use crate::backoff::Backoff;
-use crate::job::Job;
+use crate::job::{Job, time_to_unix};
 use crate::provider::Acker;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -15,15 +15,22 @@ use std::time::{Duration, Instant, SystemTime};
 pub(crate) struct Now {
     /// For timers and deadlines.
     pub(crate) mono: Instant,
-    /// For `run_at`, retry times stored by providers and job timestamps.
+    /// For `run_at` and retry times stored by providers.
     pub(crate) wall: SystemTime,
+    /// `wall` in Unix seconds, for job timestamps.
+    pub(crate) unix: f64,
 }
 
 impl Now {
     pub(crate) fn read() -> Now {
+        Now::new(Instant::now(), SystemTime::now())
+    }
+
+    pub(crate) fn new(mono: Instant, wall: SystemTime) -> Now {
         Now {
-            mono: Instant::now(),
-            wall: SystemTime::now(),
+            mono,
+            wall,
+            unix: time_to_unix(wall),
         }
     }
 
