@@ -378,6 +378,13 @@ impl Stats {
                 },
             );
         }
+        s.by_type_and_provider = self.pair_stats(names);
+        s
+    }
+
+    /// The (type, provider) pairs that have seen a job.
+    fn pair_stats(&self, names: &SnapshotNames<'_>) -> Vec<PairStats> {
+        let mut out = Vec::new();
         for (i, c) in self.pairs.iter().enumerate() {
             let (pool, provider) = (i / self.provider_count, i % self.provider_count);
             let (Some((kind, _)), Some(h)) = (names.pools.get(pool), names.providers.get(provider))
@@ -387,13 +394,13 @@ impl Stats {
             if *c == Counters::default() {
                 continue; // only pairs that have seen a job
             }
-            s.by_type_and_provider.push(PairStats {
+            out.push(PairStats {
                 kind: kind.to_string(),
                 provider: h.name().to_string(),
                 counters: *c,
             });
         }
-        s
+        out
     }
 }
 
