@@ -61,8 +61,12 @@ impl Histogram {
         if self.fine.is_empty() {
             self.fine = vec![0; FINE_BUCKETS + 1];
         }
-        let micros = (secs * 1e6).max(1.0);
-        let f = ((micros.log2() * 4.0).ceil() as usize).min(FINE_BUCKETS);
+        // Up to 1 µs all land in the first bucket: no logarithm needed.
+        let f = if d <= Duration::from_micros(1) {
+            0
+        } else {
+            (((secs * 1e6).log2() * 4.0).ceil() as usize).min(FINE_BUCKETS)
+        };
         self.fine[f] += 1;
         self.count += 1;
         self.sum += secs;
