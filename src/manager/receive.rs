@@ -70,11 +70,12 @@ impl Loop {
     /// Handles up to a batch of ready outcomes and deliveries; returns
     /// whether there was any.
     pub(super) fn drain(&mut self) -> bool {
-        let now = Now::read();
+        // The clock is read once, and only when there is work.
+        let mut now = None;
         let mut any = false;
         for _ in 0..BATCH {
             match self.m.done.try_recv() {
-                Ok(d) => self.on_done(d, now),
+                Ok(d) => self.on_done(d, *now.get_or_insert_with(Now::read)),
                 Err(_) => break,
             }
             any = true;
@@ -84,7 +85,7 @@ impl Loop {
                 break;
             }
             match self.m.deliveries.try_recv() {
-                Ok(d) => self.on_delivery(d, now),
+                Ok(d) => self.on_delivery(d, *now.get_or_insert_with(Now::read)),
                 Err(_) => break,
             }
             any = true;
