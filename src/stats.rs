@@ -442,4 +442,63 @@ mod tests {
         assert_eq!(le_10ms, 10);
         assert_eq!(s.buckets.last().unwrap().1, 100);
     }
+
+    #[test]
+    fn one_call_per_event_keeps_every_breakdown() {
+        use crate::provider::Health;
+        use std::time::SystemTime;
+        let mut st = Stats::new(2, 2);
+        // Pool 1, provider 0: one success, one retry then a dead letter.
+        st.on_received(0, Some(1));
+        st.on_started(1, 0);
+        st.on_settled(1, 0, &Decision::Succeeded, Some(Duration::from_millis(3)));
+        st.on_received(0, Some(1));
+        st.on_started(1, 0);
+        let retry = Decision::Retry {
+            wait: Duration::from_secs(1),
+            at: SystemTime::UNIX_EPOCH,
+        };
+        st.on_settled(1, 0, &retry, Some(Duration::from_millis(5)));
+        st.on_started(1, 0);
+        st.on_settled(1, 0, &Decision::Dead, Some(Duration::from_millis(5)));
+        // Provider 1: a rejected payload, a job handed back unrun, one
+        // queued and released at shutdown.
+        st.on_received(1, None);
+        st.on_received(1, Some(0));
+        st.on_started(0, 1);
+        st.on_settled(0, 1, &Decision::Release, None);
+        st.on_received(1, Some(0));
+        st.on_started(0, 1);
+        st.on_released(1, Some(0));
+
+        let healths = [Arc::new(Health::new("a")), Arc::new(Health::new("b"))];
+        let names = SnapshotNames {
+            pools: vec![("x", 1), ("y", 1)],
+            providers: &healths,
+        };
+        let s = st.snapshot(&names, 0, false, ChannelFill::default());
+        let y = &s.types["y"];
+        let c = |received, attempts, succeeded, failed, retried, released| Counters {
+            received,
+            attempts,
+            succeeded,
+            failed,
+            retried,
+            released,
+        };
+        assert_eq!(y.counters, c(2, 3, 1, 1, 1, 0));
+        assert_eq!((y.duration.count, y.in_flight), (3, 0));
+        assert_eq!(s.types["x"].counters, c(2, 2, 0, 0, 0, 0));
+        assert_eq!(s.types["x"].duration.count, 0);
+        assert_eq!(s.providers["a"].counters, c(2, 3, 1, 1, 1, 0));
+        assert_eq!(s.providers["b"].counters, c(3, 2, 0, 1, 0, 2));
+        assert_eq!(s.providers["b"].rejected, 1);
+        assert_eq!(s.in_flight, 0);
+        assert_eq!(s.totals, c(4, 5, 1, 1, 1, 0));
+        // Only the pair that saw an outcome is listed.
+        assert_eq!(s.by_type_and_provider.len(), 1);
+        let pair = &s.by_type_and_provider[0];
+        assert_eq!((pair.kind.as_str(), pair.provider.as_str()), ("y", "a"));
+        assert_eq!(pair.counters, c(0, 0, 1, 1, 1, 0));
+    }
 }
