@@ -101,7 +101,7 @@ pub(crate) struct PoolCommon {
     pub(crate) timeout: Option<crate::duration::Written>,
     /// Retry back-off for this pool; unset keys come from manager.retry.
     #[serde(default)]
-    pub(crate) retry: Option<crate::backoff::RetryOverride>,
+    pub(crate) retry: Option<crate::backoff::RawRetry>,
 }
 
 fn one() -> usize {
@@ -416,6 +416,7 @@ fn options_of(
     for (key, p) in props {
         let default = p
             .get("default")
+            .filter(|d| !d.is_null())
             .or_else(|| defaults.and_then(|d| d.get(key)))
             .filter(|d| !d.is_null());
         let text = p

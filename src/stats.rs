@@ -1,6 +1,7 @@
 //! Statistics kept by the manager thread without locks, and the snapshot
 //! it publishes for the stats server, sd_notify and library users.
 
+use crate::manager::Decision;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,8 +62,12 @@ impl Histogram {
         if self.fine.is_empty() {
             self.fine = vec![0; FINE_BUCKETS + 1];
         }
-        let micros = (d.as_nanos() as f64 / 1000.0).max(1.0);
-        let f = ((micros.log2() * 4.0).ceil() as usize).min(FINE_BUCKETS);
+        // Up to 1 µs all land in the first bucket: no logarithm needed.
+        let f = if d <= Duration::from_micros(1) {
+            0
+        } else {
+            (((secs * 1e6).log2() * 4.0).ceil() as usize).min(FINE_BUCKETS)
+        };
         self.fine[f] += 1;
         self.count += 1;
         self.sum += secs;
@@ -236,15 +241,17 @@ impl StatsReader {
     }
 }
 
-/// The manager's own, lock-free counters.
+/// The manager's own, lock-free counters. The manager reports each event
+/// with one call (`on_received`, `on_started`, `on_settled`,
+/// `on_released`); the snapshot turns them into [`Snapshot`]s.
 #[derive(Debug)]
 pub(crate) struct Stats {
     started: Instant,
-    pub(crate) types: Vec<Counters>,
-    pub(crate) durations: Vec<Histogram>,
-    pub(crate) in_flight: Vec<usize>,
-    pub(crate) providers: Vec<Counters>,
-    pub(crate) rejected: Vec<u64>,
+    types: Vec<Counters>,
+    durations: Vec<Histogram>,
+    in_flight: Vec<usize>,
+    providers: Vec<Counters>,
+    rejected: Vec<u64>,
     /// Outcomes by (pool, provider).
     /// Indexed `pool * providers + provider`: no hashing on the hot path.
     pairs: Vec<Counters>,
@@ -268,9 +275,62 @@ impl Stats {
         }
     }
 
-    /// The counters of jobs of `pool` from `provider`.
-    pub(crate) fn pair(&mut self, pool: usize, provider: usize) -> &mut Counters {
-        &mut self.pairs[pool * self.provider_count + provider]
+    /// A delivery from `provider` was taken while running: routed to
+    /// `pool`, or (`None`) rejected and dead-lettered unrun because it was
+    /// no job or named a type with no pool.
+    #[inline]
+    pub(crate) fn on_received(&mut self, provider: usize, pool: Option<usize>) {
+        let p = &mut self.providers[provider];
+        p.received += 1;
+        match pool {
+            Some(pool) => self.types[pool].received += 1,
+            None => {
+                p.failed += 1;
+                self.rejected[provider] += 1;
+            }
+        }
+    }
+
+    /// An attempt of a job of `pool` from `provider` was handed to the pool.
+    #[inline]
+    pub(crate) fn on_started(&mut self, pool: usize, provider: usize) {
+        self.in_flight[pool] += 1;
+        self.types[pool].attempts += 1;
+        self.providers[provider].attempts += 1;
+    }
+
+    /// An attempt came back from `pool` and the manager decided: `ran` is
+    /// how long it ran, `None` when it was handed back un-run.
+    #[inline]
+    pub(crate) fn on_settled(
+        &mut self,
+        pool: usize,
+        provider: usize,
+        decision: &Decision,
+        ran: Option<Duration>,
+    ) {
+        self.in_flight[pool] = self.in_flight[pool].saturating_sub(1);
+        if let Some(d) = ran {
+            self.durations[pool].record(d);
+        }
+        let field: fn(&mut Counters) -> &mut u64 = match decision {
+            Decision::Succeeded => |c| &mut c.succeeded,
+            Decision::Retry { .. } => |c| &mut c.retried,
+            Decision::Dead => |c| &mut c.failed,
+            Decision::Release => return self.on_released(provider, None),
+        };
+        *field(&mut self.types[pool]) += 1;
+        *field(&mut self.providers[provider]) += 1;
+        *field(&mut self.pairs[pool * self.provider_count + provider]) += 1;
+    }
+
+    /// A job from `provider` was handed back un-finished; `pool` when it
+    /// was counted in flight there (queued, never run).
+    pub(crate) fn on_released(&mut self, provider: usize, pool: Option<usize>) {
+        if let Some(pool) = pool {
+            self.in_flight[pool] = self.in_flight[pool].saturating_sub(1);
+        }
+        self.providers[provider].released += 1;
     }
 
     pub(crate) fn snapshot(
@@ -335,6 +395,13 @@ impl Stats {
                 },
             );
         }
+        s.by_type_and_provider = self.pair_stats(names);
+        s
+    }
+
+    /// The (type, provider) pairs that have seen a job.
+    fn pair_stats(&self, names: &SnapshotNames<'_>) -> Vec<PairStats> {
+        let mut out = Vec::new();
         for (i, c) in self.pairs.iter().enumerate() {
             let (pool, provider) = (i / self.provider_count, i % self.provider_count);
             let (Some((kind, _)), Some(h)) = (names.pools.get(pool), names.providers.get(provider))
@@ -344,13 +411,13 @@ impl Stats {
             if *c == Counters::default() {
                 continue; // only pairs that have seen a job
             }
-            s.by_type_and_provider.push(PairStats {
+            out.push(PairStats {
                 kind: kind.to_string(),
                 provider: h.name().to_string(),
                 counters: *c,
             });
         }
-        s
+        out
     }
 }
 
@@ -387,5 +454,64 @@ mod tests {
         let le_10ms = s.buckets.iter().find(|(le, _)| *le == 0.01).unwrap().1;
         assert_eq!(le_10ms, 10);
         assert_eq!(s.buckets.last().unwrap().1, 100);
+    }
+
+    #[test]
+    fn one_call_per_event_keeps_every_breakdown() {
+        use crate::provider::Health;
+        use std::time::SystemTime;
+        let mut st = Stats::new(2, 2);
+        // Pool 1, provider 0: one success, one retry then a dead letter.
+        st.on_received(0, Some(1));
+        st.on_started(1, 0);
+        st.on_settled(1, 0, &Decision::Succeeded, Some(Duration::from_millis(3)));
+        st.on_received(0, Some(1));
+        st.on_started(1, 0);
+        let retry = Decision::Retry {
+            wait: Duration::from_secs(1),
+            at: SystemTime::UNIX_EPOCH,
+        };
+        st.on_settled(1, 0, &retry, Some(Duration::from_millis(5)));
+        st.on_started(1, 0);
+        st.on_settled(1, 0, &Decision::Dead, Some(Duration::from_millis(5)));
+        // Provider 1: a rejected payload, a job handed back unrun, one
+        // queued and released at shutdown.
+        st.on_received(1, None);
+        st.on_received(1, Some(0));
+        st.on_started(0, 1);
+        st.on_settled(0, 1, &Decision::Release, None);
+        st.on_received(1, Some(0));
+        st.on_started(0, 1);
+        st.on_released(1, Some(0));
+
+        let healths = [Arc::new(Health::new("a")), Arc::new(Health::new("b"))];
+        let names = SnapshotNames {
+            pools: vec![("x", 1), ("y", 1)],
+            providers: &healths,
+        };
+        let s = st.snapshot(&names, 0, false, ChannelFill::default());
+        let y = &s.types["y"];
+        let c = |received, attempts, succeeded, failed, retried, released| Counters {
+            received,
+            attempts,
+            succeeded,
+            failed,
+            retried,
+            released,
+        };
+        assert_eq!(y.counters, c(2, 3, 1, 1, 1, 0));
+        assert_eq!((y.duration.count, y.in_flight), (3, 0));
+        assert_eq!(s.types["x"].counters, c(2, 2, 0, 0, 0, 0));
+        assert_eq!(s.types["x"].duration.count, 0);
+        assert_eq!(s.providers["a"].counters, c(2, 3, 1, 1, 1, 0));
+        assert_eq!(s.providers["b"].counters, c(3, 2, 0, 1, 0, 2));
+        assert_eq!(s.providers["b"].rejected, 1);
+        assert_eq!(s.in_flight, 0);
+        assert_eq!(s.totals, c(4, 5, 1, 1, 1, 0));
+        // Only the pair that saw an outcome is listed.
+        assert_eq!(s.by_type_and_provider.len(), 1);
+        let pair = &s.by_type_and_provider[0];
+        assert_eq!((pair.kind.as_str(), pair.provider.as_str()), ("y", "a"));
+        assert_eq!(pair.counters, c(0, 0, 1, 1, 1, 0));
     }
 }

@@ -411,4 +411,57 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn retry_keys_not_set_are_inherited_pool_from_manager_manager_from_default() {
+        let c = parse("workers:\n  - type: noop\n").unwrap();
+        assert_eq!(c.manager.retry, Backoff::DEFAULT);
+        assert_eq!(c.pools[0].retry, Backoff::DEFAULT);
+
+        let c = parse(
+            "manager:\n  retry: { base: 2s, jitter: none }\nworkers:\n  - type: noop\n    retry: { max: 9s }\n  - type: noop\n    name: other\n",
+        )
+        .unwrap();
+        let manager = Backoff {
+            base: Duration::from_secs(2),
+            max: Backoff::DEFAULT.max,
+            jitter: crate::backoff::Jitter::None,
+        };
+        assert_eq!(c.manager.retry, manager);
+        assert_eq!(
+            c.pools[0].retry,
+            Backoff {
+                max: Duration::from_secs(9),
+                ..manager
+            }
+        );
+        assert_eq!(c.pools[1].retry, manager);
+    }
+
+    #[test]
+    fn a_bad_retry_duration_names_its_key_with_the_same_hint_everywhere() {
+        let e = parse("manager:\n  retry: { max: forever }\n").unwrap_err();
+        assert_eq!(e.path, "manager.retry.max");
+        assert!(
+            e.message
+                .contains("write a number of seconds or a duration such as"),
+            "{e}"
+        );
+        let e = parse("workers:\n  - type: noop\n    retry: { base: soon }\n").unwrap_err();
+        assert_eq!(e.path, "workers[0].retry.base");
+        assert!(
+            e.message
+                .contains("write a number of seconds or a duration such as"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn options_show_the_retry_defaults_from_the_one_backoff_default() {
+        use crate::duration::Written;
+        let raw = raw::RawManager::default().retry;
+        assert_eq!(raw.base, Some(Written::Text("1s".into())));
+        assert_eq!(raw.max, Some(Written::Text("5m".into())));
+        assert_eq!(raw.jitter, Some(crate::backoff::Jitter::Full));
+    }
 }

@@ -2,7 +2,7 @@
 //! entries stay YAML maps here; each family's common keys live with the
 //! family (`crate::plugin`), each type's options with the type.
 
-use crate::backoff::Jitter;
+use crate::backoff::{Backoff, RawRetry};
 use crate::duration::Written;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Mapping;
@@ -45,31 +45,9 @@ impl Default for RawManager {
             stats_listen: Some("127.0.0.1:9090".into()),
             shutdown_timeout: "30s".into(),
             channel_bound: 1024,
-            retry: RawRetry::default(),
+            retry: RawRetry::from(Backoff::DEFAULT),
             capture_limit: 64 * 1024,
             failure_queue: super::DEFAULT_FAILURE_QUEUE,
-        }
-    }
-}
-
-/// Retry back-off as written: `{ base: 1s, max: 5m, jitter: full }`.
-#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct RawRetry {
-    /// Delay cap of the first retry; doubles each attempt.
-    pub(crate) base: Option<Written>,
-    /// Largest delay.
-    pub(crate) max: Option<Written>,
-    /// full (uniform 0..cap), equal (cap/2..cap) or none (exactly cap).
-    pub(crate) jitter: Option<Jitter>,
-}
-
-impl Default for RawRetry {
-    fn default() -> RawRetry {
-        RawRetry {
-            base: Some("1s".into()),
-            max: Some("5m".into()),
-            jitter: Some(Jitter::Full),
         }
     }
 }

@@ -8,7 +8,7 @@ use super::set::Override;
 use super::{
     Config, HandlerConfig, MAX_FAILURE_QUEUE, ManagerConfig, PoolConfig, ProviderConfig, SecretEnv,
 };
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, RawRetry};
 use crate::duration::Written;
 use crate::error::ConfigError;
 use crate::plain::plain;
@@ -189,27 +189,38 @@ impl Parser<'_> {
                 format!("must be between 1 and {MAX_FAILURE_QUEUE}"),
             ));
         }
-        let defaults = Backoff::default();
-        let base = match &raw.retry.base {
-            Some(v) => self.duration(&["manager", "retry", "base"], v)?,
-            None => defaults.base,
-        };
-        let max = match &raw.retry.max {
-            Some(v) => self.duration(&["manager", "retry", "max"], v)?,
-            None => defaults.max,
-        };
+        let retry = self.retry(
+            vec![Seg::Key("manager".into()), Seg::Key("retry".into())],
+            &raw.retry,
+            Backoff::DEFAULT,
+        )?;
         Ok(ManagerConfig {
             stats_listen,
             shutdown_timeout: self
                 .duration(&["manager", "shutdown_timeout"], &raw.shutdown_timeout)?,
             channel_bound: raw.channel_bound,
-            retry: Backoff {
-                base,
-                max,
-                jitter: raw.retry.jitter.unwrap_or(defaults.jitter),
-            },
+            retry,
             capture_limit: raw.capture_limit,
             failure_queue: raw.failure_queue,
+        })
+    }
+
+    /// A retry back-off: the keys `raw` sets, the rest from `inherited`.
+    /// `at` is where `raw` is written (`manager.retry`, `workers[i].retry`).
+    fn retry(
+        &self,
+        at: Vec<Seg>,
+        raw: &RawRetry,
+        inherited: Backoff,
+    ) -> Result<Backoff, ConfigError> {
+        let duration = |key: &str, v: &Option<Written>, d: Duration| match v {
+            None => Ok(d),
+            Some(v) => self.duration_at(self::at(&at, key), v),
+        };
+        Ok(Backoff {
+            base: duration("base", &raw.base, inherited.base)?,
+            max: duration("max", &raw.max, inherited.max)?,
+            jitter: raw.jitter.unwrap_or(inherited.jitter),
         })
     }
 
@@ -323,17 +334,10 @@ impl Parser<'_> {
         pools
             .into_iter()
             .map(|p| {
-                let mut retry = manager.retry;
-                if let Some(r) = &p.common.retry {
-                    let retry_at = at(&p.path, "retry");
-                    if let Some(v) = &r.base {
-                        retry.base = self.duration_at(at(&retry_at, "base"), v)?;
-                    }
-                    if let Some(v) = &r.max {
-                        retry.max = self.duration_at(at(&retry_at, "max"), v)?;
-                    }
-                    retry.jitter = r.jitter.unwrap_or(retry.jitter);
-                }
+                let retry = match &p.common.retry {
+                    Some(r) => self.retry(at(&p.path, "retry"), r, manager.retry)?,
+                    None => manager.retry,
+                };
                 Ok(PoolConfig {
                     name: p.name,
                     plugin_type: p.common.plugin_type,

@@ -165,6 +165,19 @@ pub(crate) struct HandlerThread {
     skipped: Arc<AtomicU64>,
 }
 
+#[cfg(test)]
+impl HandlerThread {
+    /// A queued record, for tests that read the queue themselves.
+    pub(crate) fn try_recv(&self) -> Option<FailureRecord> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Records queued.
+    pub(crate) fn len(&self) -> usize {
+        self.rx.len()
+    }
+}
+
 /// Creates the queue; `skipped` is the counter the stats report.
 pub(crate) fn queue(capacity: usize, skipped: Arc<AtomicU64>) -> (FailureQueue, HandlerThread) {
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));

@@ -6,7 +6,7 @@
 use super::{Acker, Delivery, Provider, ProviderContext, ProviderType};
 use crate::error::Error;
 use crate::error::PluginError;
-use crate::job::{FailureRecord, Job, Report};
+use crate::job::{FailureRecord, Job, Malformed, Report};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -128,14 +128,23 @@ impl MemoryProvider {
 }
 
 fn deliver(shared: &Arc<Shared>, ctx: &ProviderContext, s: Submission) -> Result<(), ()> {
+    let payload = match s {
+        Submission::Job(job) => Ok(*job),
+        Submission::Raw(raw) => Job::parse(&raw),
+    };
+    deliver_payload(shared, ctx, payload)
+}
+
+fn deliver_payload(
+    shared: &Arc<Shared>,
+    ctx: &ProviderContext,
+    payload: Result<Job, Malformed>,
+) -> Result<(), ()> {
     let acker = Box::new(MemoryAcker {
         shared: shared.clone(),
     });
-    let delivery = match s {
-        Submission::Job(job) => Delivery::new(Ok(*job), acker),
-        Submission::Raw(raw) => Delivery::parse(&raw, acker),
-    };
-    ctx.send(delivery).map_err(Delivery::release)
+    ctx.send(Delivery::new(payload, acker))
+        .map_err(Delivery::release)
 }
 
 impl Provider for MemoryProvider {
@@ -169,7 +178,14 @@ impl MemoryHandle {
     /// When the provider is gone.
     pub fn submit(&self, job: Job) -> Result<String, Error> {
         let id = job.id.clone();
-        self.send(Submission::Job(Box::new(job)))?;
+        match self.shared.ctx.get() {
+            // Running: straight into the manager's channel, without boxing
+            // the job for the inbox.
+            Some(ctx) => {
+                deliver_payload(&self.shared, ctx, Ok(job)).map_err(|()| Error::ShuttingDown)?
+            }
+            None => self.send(Submission::Job(Box::new(job)))?,
+        }
         Ok(id)
     }
 

@@ -9,7 +9,7 @@
 //! Defer and dead go through [`SETTLE`], which stores the job
 //! only if it was still held, so a retried pipeline changes nothing twice.
 
-use super::conn::{self, Backoff, Conn, Redis};
+use super::conn::{self, Conn, Redis};
 use super::keys::Keys;
 use super::options::Settings;
 use super::scripts::SETTLE;
@@ -183,7 +183,7 @@ struct AckWriter {
 impl AckWriter {
     fn run(&mut self) {
         let mut pending: Vec<AckCmd> = Vec::new();
-        let mut backoff = Backoff::new();
+        let mut backoff = conn::RECONNECT.steps();
         let mut give_up_at: Option<Instant> = None;
         let mut retried = false;
         loop {

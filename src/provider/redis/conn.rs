@@ -3,10 +3,11 @@
 //! start-up and come and go while the service runs.
 
 use super::options::Settings;
+use crate::backoff::{Backoff, Jitter};
 use crate::error::Error;
 use crate::provider::ProviderContext;
 use redis::IntoConnectionInfo;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A pooled connection.
 pub(super) type Conn = r2d2::PooledConnection<redis::Client>;
@@ -102,43 +103,13 @@ pub(super) fn quiet_retry(slot: &mut Option<Conn>, retried: &mut bool) -> bool {
     retry
 }
 
-/// Reconnect back-off: 100 ms doubling to 5 s.
-#[derive(Debug)]
-pub(super) struct Backoff {
-    delay: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    pub(super) fn new() -> Backoff {
-        Backoff { delay: Self::FIRST }
-    }
-
-    pub(super) fn reset(&mut self) {
-        self.delay = Self::FIRST;
-    }
-
-    /// The next wait; doubles the one after.
-    pub(super) fn next_delay(&mut self) -> Duration {
-        let d = self.delay;
-        self.delay = (self.delay * 2).min(Self::MAX);
-        d
-    }
-
-    /// Sleeps the next wait, waking early when `stop()` turns true.
-    pub(super) fn sleep(&mut self, stop: impl Fn() -> bool) {
-        let until = Instant::now() + self.next_delay();
-        while !stop() {
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            std::thread::sleep((until - now).min(Duration::from_millis(50)));
-        }
-    }
-}
+/// Reconnect back-off: 100 ms doubling to 5 s, the same every time (no
+/// jitter), counted by [`Backoff::steps`] from one outage to the next success.
+pub(super) const RECONNECT: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+    jitter: Jitter::None,
+};
 
 #[cfg(test)]
 mod tests {
@@ -152,8 +123,8 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_to_a_cap() {
-        let mut b = Backoff::new();
+    fn reconnect_backoff_doubles_to_a_cap() {
+        let mut b = RECONNECT.steps();
         let d: Vec<_> = (0..8).map(|_| b.next_delay().as_millis()).collect();
         assert_eq!(d, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         b.reset();

@@ -10,7 +10,7 @@
 //! queues are still looked at without busy-polling an idle Redis.
 
 use super::ack::{AckCmd, Held, RedisAcker};
-use super::conn::{self, Backoff, Conn, Redis};
+use super::conn::{self, Conn, Redis};
 use super::keys::Keys;
 use super::options::Settings;
 use super::scripts::{FETCH, HEARTBEAT};
@@ -59,7 +59,7 @@ impl Fetcher {
     }
 
     pub(super) fn run(mut self, ctx: &ProviderContext) {
-        let mut backoff = Backoff::new();
+        let mut backoff = conn::RECONNECT.steps();
         let mut retried = false;
         while !ctx.is_stopping() {
             match self.round(ctx) {
