@@ -1,7 +1,7 @@
 # goworker — see README.md. `make test` installs what the tests need.
 CARGO ?= cargo
 
-.PHONY: build run test deps bench bench-http bench-disk bench-redis lint ci doc install
+.PHONY: build run test deps bench bench-http bench-disk bench-redis lint ci doc install soak
 
 build:
 	$(CARGO) build --release
@@ -31,6 +31,13 @@ bench-disk:
 # End-to-end redis provider benchmark (BENCHMARKS.md, "Redis provider").
 bench-redis: deps
 	./scripts/bench-redis.sh
+
+# Soak: kill -9 under load for SOAK_SECS per scenario (BENCHMARKS.md,
+# "Reliability"); fails if an acknowledged job was lost. `make test` runs
+# the same tests for 20 s each.
+SOAK_SECS ?= 120
+soak: deps
+	SOAK_SECS=$(SOAK_SECS) $(CARGO) test --test integration soak:: -- --nocapture --test-threads=1
 
 lint:
 	$(CARGO) fmt --check

@@ -8,4 +8,5 @@ mod disk;
 mod http;
 mod httpworker;
 mod redis;
+mod soak;
 mod systemd;

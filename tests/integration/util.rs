@@ -222,6 +222,31 @@ impl Goworker {
         config: &str,
         env: impl FnOnce(&std::fs::File) -> Vec<(String, String)>,
     ) -> Goworker {
+        let g = Goworker::launch_with_log_env(dir, config, env);
+        assert!(
+            wait_until(PATIENCE, || g.log_text().contains("goworker started")
+                || g.exited()),
+            "goworker did not start:\n{}",
+            g.log_text()
+        );
+        g
+    }
+
+    /// Like `start_with_env`, without waiting for the process to be up
+    /// (for a restart while its source may be down).
+    pub fn launch(dir: &Path, config: &str, env: &[(&str, &str)]) -> Goworker {
+        let vars: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Goworker::launch_with_log_env(dir, config, move |_| vars)
+    }
+
+    fn launch_with_log_env(
+        dir: &Path,
+        config: &str,
+        env: impl FnOnce(&std::fs::File) -> Vec<(String, String)>,
+    ) -> Goworker {
         let cfg = dir.join("config.yaml");
         std::fs::write(&cfg, config).expect("write config");
         // A new log per start, so a restarted process's log stands apart.
@@ -248,18 +273,11 @@ impl Goworker {
             .stderr(out)
             .spawn()
             .expect("spawn goworker");
-        let g = Goworker {
+        Goworker {
             child,
             dir: dir.to_path_buf(),
             log,
-        };
-        assert!(
-            wait_until(PATIENCE, || g.log_text().contains("goworker started")
-                || g.exited()),
-            "goworker did not start:\n{}",
-            g.log_text()
-        );
-        g
+        }
     }
 
     /// Threads of the process whose name starts with `prefix` (pool
@@ -351,18 +369,41 @@ fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
 impl Redis {
     /// Runs one command and reads its whole reply.
     pub fn query(&self, args: &[&str]) -> std::io::Result<Resp> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a.as_bytes());
-            req.extend_from_slice(b"\r\n");
-        }
-        s.write_all(&req)?;
-        read_resp(&mut BufReader::new(s))
+        resp_query(self.port, args)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the server with SIGTERM (a clean SHUTDOWN: the append-only
+    /// file is flushed and kept) and returns its directory for a restart.
+    pub fn terminate(mut self) -> tempfile::TempDir {
+        // SAFETY: sending a signal to our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, temp_dir())
+    }
+}
+
+/// Runs one command on the redis-server at 127.0.0.1:`port` (a fresh
+/// connection) and reads its whole reply.
+pub fn resp_query(port: u16, args: &[&str]) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a.as_bytes());
+        req.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&req)?;
+    read_resp(&mut BufReader::new(s))
+}
+
+impl Redis {
     /// `query`, panicking on an I/O error (the server is ours).
     pub fn q(&self, args: &[&str]) -> Resp {
         self.query(args).expect("redis query")
