@@ -3,6 +3,7 @@
 
 mod util;
 
+mod config_props;
 mod core;
 mod disk;
 mod http;
