@@ -2,9 +2,12 @@
 //! seconds while a producer keeps submitting uniquely identified jobs;
 //! then every job's runs are counted.
 //!
-//! Each job runs `record.sh ID RUNS`, which appends `ID PPID` to RUNS with
-//! one `>>` write (atomic for a short line), so every run is on disk with
-//! the goworker process that ran it. A job is *acknowledged* when its
+//! Each job runs `record.sh ID RUNS`, which appends `ID LAUNCH` to RUNS
+//! with one `>>` write (atomic for a short line), so every run is on disk
+//! with the goworker process that ran it: `LAUNCH` numbers each start of a
+//! goworker process and reaches the job through the environment (the
+//! parent pid would not do: a job started just before its goworker was
+//! killed sees init as its parent). A job is *acknowledged* when its
 //! source said it has it: `LPUSH` answered with the list length (Redis),
 //! `202` (HTTP with `store: local`). At the end the queue is drained and:
 //!
@@ -52,10 +55,21 @@ fn soak_rate() -> u64 {
     env_u64("SOAK_RATE", 100)
 }
 
-/// `record.sh ID RUNS`: appends "ID PPID" (PPID = the goworker process
-/// that ran it) to RUNS. Shell built-ins only, one write.
+/// `record.sh ID RUNS`: appends "ID SOAK_LAUNCH" (the number of the
+/// goworker start that ran it) to RUNS. Shell built-ins only, one write.
 fn record_script(dir: &Path) -> PathBuf {
-    script(dir, "record.sh", r#"echo "$1 $PPID" >> "$2""#)
+    script(dir, "record.sh", r#"echo "$1 $SOAK_LAUNCH" >> "$2""#)
+}
+
+/// Starts goworker launch number `n` (without waiting: its source may be
+/// down), with `SOAK_LAUNCH=n` for its jobs.
+fn launch(dir: &Path, config: &str, n: u32) -> Goworker {
+    let n = n.to_string();
+    Goworker::launch(
+        dir,
+        config,
+        &[("RUST_LOG", "info,goworker=debug"), ("SOAK_LAUNCH", &n)],
+    )
 }
 
 fn job(script: &Path, id: &str, runs: &Path) -> String {
@@ -117,19 +131,33 @@ fn producer(
 /// One SIGKILL of a goworker process.
 struct Kill {
     at: Duration,
+    /// Its launch number.
+    launch: u32,
     pid: u32,
     /// The ids in its processing list right after the kill (Redis), or
     /// `None` where that cannot be read from outside (disk).
     held: Option<HashSet<String>>,
 }
 
-/// Runs in the runs file: (id, pid of the goworker that ran it), in order.
+/// The event of a goworker process that exited on its own (it is started
+/// again): its status and the last line of its log.
+fn exited(launch: u32, status: std::process::ExitStatus, proc: &Goworker) -> String {
+    let log = proc.log_text();
+    let last = log.lines().last().unwrap_or("").to_string();
+    format!(
+        "launch {launch} (pid {}) exited on its own, {status}: {last}",
+        proc.pid()
+    )
+}
+
+/// Runs in the runs file: (id, launch number of the goworker that ran
+/// it), in order.
 fn runs(path: &Path) -> Vec<(String, u32)> {
     lines(path)
         .iter()
         .filter_map(|l| {
-            let (id, pid) = l.split_once(' ')?;
-            Some((id.to_string(), pid.trim().parse().ok()?))
+            let (id, launch) = l.split_once(' ')?;
+            Some((id.to_string(), launch.trim().parse().ok()?))
         })
         .collect()
 }
@@ -180,36 +208,47 @@ fn tally(
         .collect();
     lost.sort();
     let not_acked_run = by_id.keys().filter(|id| !acked.contains_key(*id)).count();
-    let killed: HashMap<u32, &Kill> = kills.iter().map(|k| (k.pid, k)).collect();
+    let killed: HashMap<u32, &Kill> = kills.iter().map(|k| (k.launch, k)).collect();
     let mut dups = Vec::new();
     let mut unexplained = Vec::new();
     let mut extra_runs = 0;
-    for (id, pids) in &by_id {
-        if pids.len() < 2 {
+    for (id, launches) in &by_id {
+        if launches.len() < 2 {
             continue;
         }
-        extra_runs += pids.len() - 1;
+        extra_runs += launches.len() - 1;
         // Every run but the last must have been in a process that was
         // killed while holding the job; the last one is the real one.
-        let why: Vec<String> = pids[..pids.len() - 1]
+        let mut explained = true;
+        let notes: Vec<String> = launches[..launches.len() - 1]
             .iter()
-            .map(|pid| match killed.get(pid) {
-                None => format!("pid {pid} (not killed)"),
-                Some(k) => match &k.held {
-                    Some(held) if !held.contains(*id) => format!(
-                        "pid {pid} (killed at {:.1}s, but not holding it)",
+            .map(|n| match killed.get(n) {
+                None => {
+                    explained = false;
+                    format!("launch {n} was not killed")
+                }
+                Some(k) => {
+                    let holding = match &k.held {
+                        Some(held) if !held.contains(*id) => {
+                            explained = false;
+                            ", but was not holding it"
+                        }
+                        Some(_) => " holding it",
+                        None => "",
+                    };
+                    format!(
+                        "launch {n} (pid {}) killed at {:.1}s{holding}",
+                        k.pid,
                         k.at.as_secs_f64()
-                    ),
-                    _ => String::new(),
-                },
+                    )
+                }
             })
-            .filter(|w| !w.is_empty())
             .collect();
-        let line = format!("{id} ran in pids {pids:?}");
-        if why.is_empty() {
+        let line = format!("{id} ran in launches {launches:?}: {}", notes.join("; "));
+        if explained {
             dups.push(line);
         } else {
-            unexplained.push(format!("{line}: {}", why.join(", ")));
+            unexplained.push(line);
         }
     }
     let bound: usize = kills
@@ -245,8 +284,9 @@ fn tally(
             .as_ref()
             .map_or("unknown".to_string(), |h| h.len().to_string());
         println!(
-            "  kill  {:7.1}s pid {} holding {held}",
+            "  kill  {:7.1}s launch {} (pid {}) holding {held}",
             k.at.as_secs_f64(),
+            k.launch,
             k.pid
         );
     }
@@ -259,7 +299,7 @@ fn tally(
     for line in unexplained.iter().take(100) {
         println!("  UNEXPLAINED DUPLICATE {line}");
     }
-    for line in dups.iter().take(20) {
+    for line in dups.iter().take(100) {
         println!("  duplicate {line}");
     }
     for (id, why) in dead.iter().take(20) {
@@ -311,13 +351,16 @@ fn drain(ledger: &Ledger, runs_file: &Path, mut drained: impl FnMut() -> bool) -
 // ---- three goworker processes on one Redis ----
 
 const QUEUE: &str = "job_list";
+/// The goworker processes' `orphan_after` (heartbeat: 500ms).
+const ORPHAN_AFTER: Duration = Duration::from_secs(3);
 
 fn redis_config(port: u16, script: &Path) -> String {
     format!(
         "manager:\n  stats_listen: null\n  shutdown_timeout: 5s\n\
          providers:\n  - type: redis\n    name: main\n    url: redis://127.0.0.1:{port}/0\n    \
-         queues: [{QUEUE}]\n    heartbeat: 500ms\n    orphan_after: 3s\n\
-         workers:\n  - type: cli\n    count: {CLI_THREADS}\n    allow: [{script:?}]\n"
+         queues: [{QUEUE}]\n    heartbeat: 500ms\n    orphan_after: {}ms\n\
+         workers:\n  - type: cli\n    count: {CLI_THREADS}\n    allow: [{script:?}]\n",
+        ORPHAN_AFTER.as_millis()
     )
 }
 
@@ -393,10 +436,11 @@ fn redis_three_processes_kill_9_and_two_redis_restarts_lose_nothing() {
     let script = record_script(dir.path());
     let runs_file = dir.path().join("runs.txt");
     let config = redis_config(port, &script);
-    let env = [("RUST_LOG", "info,goworker=debug")];
-    let mut procs: Vec<Goworker> = (0..3)
-        .map(|_| Goworker::launch(dir.path(), &config, &env))
+    // (launch number, process)
+    let mut procs: Vec<(u32, Goworker)> = (1..=3)
+        .map(|n| (n, launch(dir.path(), &config, n)))
         .collect();
+    let mut launches = 3;
 
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -419,7 +463,11 @@ fn redis_three_processes_kill_9_and_two_redis_restarts_lose_nothing() {
 
     let mut kills = Vec::new();
     let mut events = Vec::new();
-    // Two Redis restarts: a clean SIGTERM (AOF flushed) at 1/3, a SIGKILL
+    // Two Redis restarts: a clean SIGTERM (AOF flushed) at 1/3, down for
+    // 1 s; a SIGKILL at 2/3, down for longer than orphan_after, so that
+    // every heartbeat is stale when it is back (a sweep then must not take
+    // the jobs of live processes); appendfsync always: every acknowledged
+    // write is on disk at the SIGKILL.
     // (appendfsync always: every acknowledged write is already on disk)
     // at 2/3.
     let mut restarts = vec![(secs * 2 / 3, true), (secs / 3, false)];
@@ -430,6 +478,11 @@ fn redis_three_processes_kill_9_and_two_redis_restarts_lose_nothing() {
             .is_some_and(|(at, _)| start.elapsed() >= *at)
         {
             let (_, hard) = restarts.pop().unwrap_or_default();
+            let down = if hard {
+                ORPHAN_AFTER + Duration::from_secs(2)
+            } else {
+                Duration::from_secs(1)
+            };
             let server = redis.take().expect("redis running");
             let pid = server.pid();
             let data = if hard {
@@ -442,22 +495,33 @@ fn redis_three_processes_kill_9_and_two_redis_restarts_lose_nothing() {
                 start.elapsed(),
                 format!("redis (pid {pid}) stopped with {how}"),
             ));
-            std::thread::sleep(Duration::from_secs(1));
+            std::thread::sleep(down);
             redis = Some(Redis::start_persistent_on(port, data));
             events.push((start.elapsed(), "redis restarted".to_string()));
         }
+        for (n, proc) in &mut procs {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                events.push((start.elapsed(), exited(*n, status, proc)));
+                launches += 1;
+                *n = launches;
+                *proc = launch(dir.path(), &config, launches);
+            }
+        }
         if Instant::now() >= next_kill {
             let i = rand::random_range(0..procs.len());
-            let pid = procs[i].pid() as u32;
-            procs[i].sigkill();
+            let (n, proc) = &mut procs[i];
+            let pid = proc.pid() as u32;
+            proc.sigkill();
             let at = start.elapsed();
             kills.push(Kill {
                 at,
+                launch: *n,
                 pid,
                 held: Some(held_by(port, pid)),
             });
-            procs[i] = Goworker::launch(dir.path(), &config, &env);
-            next_kill += KILL_EVERY;
+            launches += 1;
+            procs[i] = (launches, launch(dir.path(), &config, launches));
+            next_kill = Instant::now() + KILL_EVERY;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -466,10 +530,10 @@ fn redis_three_processes_kill_9_and_two_redis_restarts_lose_nothing() {
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     let drained = drain(&ledger, &runs_file, || redis_drained(port));
     events.push((start.elapsed(), format!("load stopped; drained: {drained}")));
-    for p in &procs {
+    for (_, p) in &procs {
         p.sigterm();
     }
-    for p in &mut procs {
+    for (_, p) in &mut procs {
         p.wait_exit(PATIENCE);
     }
     let t = tally(
@@ -538,8 +602,8 @@ fn default_http_to_disk_config_under_kill_9_loses_nothing() {
     let script = record_script(dir.path());
     let runs_file = dir.path().join("runs.txt");
     let config = disk_config(http_port, stats_port, &script);
-    let env = [("RUST_LOG", "info,goworker=debug")];
-    let mut proc = Goworker::launch(dir.path(), &config, &env);
+    let mut launches = 1;
+    let mut proc = launch(dir.path(), &config, launches);
 
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -567,18 +631,26 @@ fn default_http_to_disk_config_under_kill_9_loses_nothing() {
         .collect();
 
     let mut kills = Vec::new();
+    let mut events = Vec::new();
     let mut next_kill = start + KILL_EVERY;
     while start.elapsed() < secs {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            events.push((start.elapsed(), exited(launches, status, &proc)));
+            launches += 1;
+            proc = launch(dir.path(), &config, launches);
+        }
         if Instant::now() >= next_kill {
             let pid = proc.pid() as u32;
             proc.sigkill();
             kills.push(Kill {
                 at: start.elapsed(),
+                launch: launches,
                 pid,
                 held: None,
             });
-            proc = Goworker::launch(dir.path(), &config, &env);
-            next_kill += KILL_EVERY;
+            launches += 1;
+            proc = launch(dir.path(), &config, launches);
+            next_kill = Instant::now() + KILL_EVERY;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -588,7 +660,7 @@ fn default_http_to_disk_config_under_kill_9_loses_nothing() {
     }
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     let drained = drain(&ledger, &runs_file, || disk_depth(stats_port) == Some(0));
-    let events = vec![(start.elapsed(), format!("load stopped; drained: {drained}"))];
+    events.push((start.elapsed(), format!("load stopped; drained: {drained}")));
     proc.sigterm();
     proc.wait_exit(PATIENCE);
     // Dead letters stay in the queue file; the service is stopped now.
@@ -622,11 +694,11 @@ fn tally_tells_lost_explained_and_unexplained_duplicates_apart() {
     };
     let runs: Vec<(String, u32)> = [
         ("a", 10), // once
-        ("b", 10), // pid 10 was killed holding b: explained
+        ("b", 10), // launch 10 was killed holding b: explained
         ("b", 11),
-        ("c", 11), // pid 11 was never killed: unexplained
+        ("c", 11), // launch 11 was never killed: unexplained
         ("c", 12),
-        ("d", 10), // pid 10 was killed, but did not hold d: unexplained
+        ("d", 10), // launch 10 was killed, but did not hold d: unexplained
         ("d", 12),
         ("f", 12), // never acknowledged: not lost, not counted against
     ]
@@ -636,7 +708,8 @@ fn tally_tells_lost_explained_and_unexplained_duplicates_apart() {
     let dead = vec![("e".to_string(), "poison pill".to_string())];
     let kills = vec![Kill {
         at,
-        pid: 10,
+        launch: 10,
+        pid: 1010,
         held: Some(HashSet::from(["b".to_string()])),
     }];
     let t = tally("self-test", at, &ledger, &runs, &dead, &kills, &[], 0);

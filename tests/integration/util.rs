@@ -248,7 +248,11 @@ impl Goworker {
         env: impl FnOnce(&std::fs::File) -> Vec<(String, String)>,
     ) -> Goworker {
         let cfg = dir.join("config.yaml");
-        std::fs::write(&cfg, config).expect("write config");
+        // Written aside and renamed, so a process starting meanwhile in the
+        // same directory never reads a half-written file.
+        let tmp = dir.join(format!("config.yaml.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, config).expect("write config");
+        std::fs::rename(&tmp, &cfg).expect("rename config");
         // A new log per start, so a restarted process's log stands apart.
         let log = dir.join(format!(
             "goworker-{}.log",
