@@ -88,7 +88,7 @@ struct Ledger {
     acked: Vec<(String, Duration)>,
 }
 
-/// A producer thread: submits job `p000001`, `p000002`, … at `rate` per
+/// A producer thread: submits jobs `{prefix}0000001`, `{prefix}0000002`, … at `rate` per
 /// second with `submit` (true = acknowledged) until `stop`.
 fn producer(
     prefix: &'static str,

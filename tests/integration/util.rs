@@ -54,6 +54,12 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+fn owned_env(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// A running `goworker` process, killed on drop.
 pub struct Goworker {
     pub child: Child,
@@ -68,10 +74,7 @@ impl Goworker {
     }
 
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Goworker {
-        let vars: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars = owned_env(env);
         Goworker::start_with_log_env(dir, config, move |_| vars)
     }
 
@@ -235,10 +238,7 @@ impl Goworker {
     /// Like `start_with_env`, without waiting for the process to be up
     /// (for a restart while its source may be down).
     pub fn launch(dir: &Path, config: &str, env: &[(&str, &str)]) -> Goworker {
-        let vars: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars = owned_env(env);
         Goworker::launch_with_log_env(dir, config, move |_| vars)
     }
 
