@@ -352,7 +352,7 @@ fn drain(ledger: &Ledger, runs_file: &Path, mut drained: impl FnMut() -> bool) -
 
 const QUEUE: &str = "job_list";
 /// The goworker processes' `orphan_after` (heartbeat: 500ms).
-const ORPHAN_AFTER: Duration = Duration::from_secs(3);
+const ORPHAN_AFTER: Duration = Duration::from_secs(5);
 
 fn redis_config(port: u16, script: &Path) -> String {
     format!(
