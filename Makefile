@@ -1,7 +1,7 @@
 # goworker — see README.md. `make test` installs what the tests need.
 CARGO ?= cargo
 
-.PHONY: build run test deps bench bench-http bench-disk bench-redis lint ci doc install soak
+.PHONY: build run test deps bench bench-http bench-disk bench-redis lint ci doc install
 
 build:
 	$(CARGO) build --release
@@ -36,6 +36,7 @@ bench-redis: deps
 # "Reliability"); fails if an acknowledged job was lost. `make test` runs
 # the same tests for 20 s each.
 SOAK_SECS ?= 120
+.PHONY: soak
 soak: deps
 	SOAK_SECS=$(SOAK_SECS) $(CARGO) test --test integration soak:: -- --nocapture --test-threads=1
 
