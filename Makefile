@@ -32,6 +32,14 @@ bench-disk:
 bench-redis: deps
 	./scripts/bench-redis.sh
 
+# Soak: kill -9 under load for SOAK_SECS per scenario (BENCHMARKS.md,
+# "Reliability"); fails if an acknowledged job was lost, or if a job ran
+# twice that no kill -9 explains. `make test` runs the same for 20 s each.
+SOAK_SECS ?= 120
+.PHONY: soak
+soak: deps
+	SOAK_SECS=$(SOAK_SECS) $(CARGO) test --test integration soak:: -- --nocapture --test-threads=1
+
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings

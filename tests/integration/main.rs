@@ -4,6 +4,7 @@
 mod util;
 
 mod cli;
+mod config_props;
 mod core;
 mod custom_provider;
 mod disk;
@@ -13,4 +14,5 @@ mod http_limits;
 mod httpworker;
 mod producers;
 mod redis;
+mod soak;
 mod systemd;

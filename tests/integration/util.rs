@@ -66,6 +66,12 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+fn owned_env(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// A running `goworker` process, killed on drop.
 pub struct Goworker {
     pub child: Child,
@@ -80,10 +86,7 @@ impl Goworker {
     }
 
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Goworker {
-        let vars: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars = owned_env(env);
         Goworker::start_with_log_env(dir, config, move |_| vars)
     }
 
@@ -245,8 +248,35 @@ impl Goworker {
         config: &str,
         env: impl FnOnce(&std::fs::File) -> Vec<(String, String)>,
     ) -> Goworker {
+        let g = Goworker::launch_program(exe, dir, config, env);
+        assert!(
+            wait_until(PATIENCE, || g.log_text().contains("goworker started")
+                || g.exited()),
+            "goworker did not start:\n{}",
+            g.log_text()
+        );
+        g
+    }
+
+    /// Like `start_with_env`, without waiting for the process to be up
+    /// (for a restart while its source may be down).
+    pub fn launch(dir: &Path, config: &str, env: &[(&str, &str)]) -> Goworker {
+        let vars = owned_env(env);
+        Goworker::launch_program(&goworker_bin(), dir, config, move |_| vars)
+    }
+
+    fn launch_program(
+        exe: &Path,
+        dir: &Path,
+        config: &str,
+        env: impl FnOnce(&std::fs::File) -> Vec<(String, String)>,
+    ) -> Goworker {
         let cfg = dir.join("config.yaml");
-        std::fs::write(&cfg, config).expect("write config");
+        // Written aside and renamed, so a process starting meanwhile in the
+        // same directory never reads a half-written file.
+        let tmp = dir.join(format!("config.yaml.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, config).expect("write config");
+        std::fs::rename(&tmp, &cfg).expect("rename config");
         // A new log per start, so a restarted process's log stands apart.
         let log = dir.join(format!(
             "goworker-{}.log",
@@ -271,18 +301,11 @@ impl Goworker {
             .stderr(out)
             .spawn()
             .expect("spawn goworker");
-        let g = Goworker {
+        Goworker {
             child,
             dir: dir.to_path_buf(),
             log,
-        };
-        assert!(
-            wait_until(PATIENCE, || g.log_text().contains("goworker started")
-                || g.exited()),
-            "goworker did not start:\n{}",
-            g.log_text()
-        );
-        g
+        }
     }
 
     /// Threads of the process whose name starts with `prefix` (pool
@@ -374,18 +397,41 @@ fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
 impl Redis {
     /// Runs one command and reads its whole reply.
     pub fn query(&self, args: &[&str]) -> std::io::Result<Resp> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a.as_bytes());
-            req.extend_from_slice(b"\r\n");
-        }
-        s.write_all(&req)?;
-        read_resp(&mut BufReader::new(s))
+        resp_query(self.port, args)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the server with SIGTERM (a clean SHUTDOWN: the append-only
+    /// file is flushed and kept) and returns its directory for a restart.
+    pub fn terminate(mut self) -> tempfile::TempDir {
+        // SAFETY: sending a signal to our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, temp_dir())
+    }
+}
+
+/// Runs one command on the redis-server at 127.0.0.1:`port` (a fresh
+/// connection) and reads its whole reply.
+pub fn resp_query(port: u16, args: &[&str]) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a.as_bytes());
+        req.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&req)?;
+    read_resp(&mut BufReader::new(s))
+}
+
+impl Redis {
     /// `query`, panicking on an I/O error (the server is ours).
     pub fn q(&self, args: &[&str]) -> Resp {
         self.query(args).expect("redis query")
