@@ -755,3 +755,42 @@ fn options_names_types_and_nested_keys_and_states_each_default_once() {
     assert_eq!(allow_env["type"], "list of string");
     assert_eq!(allow_env["default"], "[]");
 }
+
+#[test]
+fn logs_are_json_lines_with_job_fields_or_text_with_millisecond_times() {
+    let dir = temp_dir();
+    let config = "manager: { stats_listen: null }\nproviders:\n  - type: memory\n    jobs: [{\"id\": \"log-1\", \"type\": \"noop\"}]\nworkers:\n  - type: noop\n";
+    let mut g = Goworker::start_with_env(dir.path(), config, &[("GOWORKER_LOG_FORMAT", "json")]);
+    assert!(wait_until(PATIENCE, || g.log_text().contains("succeeded")));
+    g.sigterm();
+    assert!(g.wait_exit(PATIENCE).is_some_and(|s| s.success()));
+    let lines: Vec<serde_json::Value> = g
+        .log_text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let done = lines
+        .iter()
+        .find(|l| l["msg"].as_str().is_some_and(|m| m.contains("succeeded")))
+        .expect("a succeeded line");
+    assert_eq!(done["job_id"], "log-1");
+    assert_eq!(done["job_type"], "noop");
+    assert_eq!(done["level"], "DEBUG");
+    assert_eq!(done["target"], "goworker::manager::settle");
+    // RFC 3339 in UTC with milliseconds: 2026-12-02T10:31:12.123Z
+    let ts = done["ts"].as_str().unwrap();
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && &ts[19..20] == ".",
+        "{ts}"
+    );
+
+    let mut g = Goworker::start(dir.path(), config);
+    g.sigterm();
+    assert!(g.wait_exit(PATIENCE).is_some());
+    let first = g.log_text().lines().next().unwrap_or_default().to_string();
+    // [2026-12-02T10:31:12.123Z INFO  goworker::…] …
+    assert!(
+        first.starts_with('[') && &first[20..21] == "." && &first[24..25] == "Z",
+        "{first}"
+    );
+}
