@@ -52,6 +52,7 @@ mod notify;
 mod plain;
 mod plugin;
 mod pool;
+mod process;
 mod provider;
 mod service;
 mod stats;

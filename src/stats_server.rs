@@ -143,8 +143,65 @@ impl Collector for SnapshotCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
         let mut m = e.encode_descriptor(
+            "goworker_jobs_finished",
+            "Jobs finished for good by type, provider and outcome (succeeded, failed)",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &s.by_type_and_provider {
+            for (outcome, n) in [
+                ("succeeded", p.counters.succeeded),
+                ("failed", p.counters.failed),
+            ] {
+                let labels = [
+                    ("type", p.kind.as_str()),
+                    ("provider", p.provider.as_str()),
+                    ("outcome", outcome),
+                ];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        for (name, help, get) in [
+            (
+                "goworker_jobs_received",
+                "New jobs received, by type and provider",
+                (|c| c.received) as fn(&crate::stats::Counters) -> u64,
+            ),
+            (
+                "goworker_jobs_redelivered",
+                "Deliveries of jobs attempted before (stored retries coming due, recovered jobs)",
+                |c| c.redelivered,
+            ),
+            (
+                "goworker_job_attempts",
+                "Attempts started, by type and provider",
+                |c| c.attempts,
+            ),
+            (
+                "goworker_job_retries",
+                "Retries scheduled after a failed attempt, by type and provider",
+                |c| c.retried,
+            ),
+            (
+                "goworker_jobs_released",
+                "Jobs handed back to their source unfinished (shutdown), by type and provider",
+                |c| c.released,
+            ),
+        ] {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for p in &s.by_type_and_provider {
+                let labels = [("type", p.kind.as_str()), ("provider", p.provider.as_str())];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&get(&p.counters), None)?;
+            }
+        }
+        // Deprecated alias of goworker_jobs_finished_total and
+        // goworker_job_retries_total, kept for one release: its "retried"
+        // outcome counts attempts, not jobs.
+        let mut m = e.encode_descriptor(
             "goworker_jobs",
-            "Jobs finished by type, provider and outcome (retried counts retries scheduled)",
+            "Deprecated: use goworker_jobs_finished_total and goworker_job_retries_total",
             None,
             MetricType::Counter,
         )?;
@@ -260,6 +317,21 @@ impl Collector for SnapshotCollector {
             MetricType::Gauge,
         )?
         .encode_gauge(&s.uptime_secs)?;
+        let labels = [
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("build", env!("GOWORKER_BUILD")),
+        ];
+        e.encode_descriptor(
+            "goworker_build_info",
+            "Always 1; the labels name the version and the build (commit and date)",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_family(&labels)?
+        .encode_gauge(&1i64)?;
+        if let Some(p) = crate::process::ProcessStats::read() {
+            p.encode(&mut e)?;
+        }
         Ok(())
     }
 }

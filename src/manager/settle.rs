@@ -41,7 +41,8 @@ impl Loop {
             let record = FailureRecord::for_job(self.provider_name(provider), &job, &error, None);
             return self.reject(provider, d.acker, record, Some(&job));
         };
-        self.stats.on_received(provider, Some(pool));
+        self.stats
+            .on_received(provider, Some(pool), job.attempts > 0);
         let run_at = job.run_at_time();
         if let Some(wait) = run_at.and_then(|at| at.duration_since(now.wall).ok()) {
             if wait > RUN_AT_SLACK {
@@ -66,7 +67,7 @@ impl Loop {
         record: FailureRecord,
         job: Option<&Job>,
     ) {
-        self.stats.on_received(provider, None);
+        self.stats.on_received(provider, None, false);
         let report = Report {
             id: job.map(|j| j.id.clone()).unwrap_or_default(),
             status: JobStatus::Failed,

@@ -519,6 +519,44 @@ fn metrics_parse_and_count_the_jobs_run_and_stats_agree() {
         Some(0.0)
     );
     assert!(sample(&t, "goworker_channel_depth", &[]).is_some(), "{t}");
+    // Final outcomes, retries and attempts are series of their own, so the
+    // outcomes add up to jobs (the old goworker_jobs_total stays as an
+    // alias for one release).
+    let pair = |name: &str, kind: &str, extra: &[(&str, &str)]| {
+        let mut labels = vec![("type", kind), ("provider", "api")];
+        labels.extend_from_slice(extra);
+        sample(&t, name, &labels)
+    };
+    let finished = "goworker_jobs_finished_total";
+    assert_eq!(
+        pair(finished, "noop", &[("outcome", "succeeded")]),
+        Some(6.0)
+    );
+    assert_eq!(pair(finished, "cli", &[("outcome", "failed")]), Some(2.0));
+    assert_eq!(pair(finished, "cli", &[("outcome", "retried")]), None);
+    assert_eq!(pair("goworker_job_retries_total", "cli", &[]), Some(2.0));
+    assert_eq!(pair("goworker_job_attempts_total", "cli", &[]), Some(4.0));
+    assert_eq!(pair("goworker_jobs_received_total", "cli", &[]), Some(2.0));
+    assert_eq!(pair("goworker_jobs_received_total", "noop", &[]), Some(6.0));
+    // Build and process figures.
+    let build = samples(&t, "goworker_build_info");
+    assert_eq!(build.len(), 1, "{t}");
+    assert_eq!(
+        build[0].0.get("version").map(String::as_str),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    for name in [
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+    ] {
+        assert!(
+            sample(&t, name, &[]).is_some_and(|v| v >= 0.0),
+            "{name}:\n{t}"
+        );
+    }
 
     let st = s.stats();
     assert_eq!(st["types"]["noop"]["succeeded"], 6);
@@ -537,6 +575,12 @@ fn metrics_parse_and_count_the_jobs_run_and_stats_agree() {
             .iter()
             .any(|p| p["type"] == "noop" && p["provider"] == "api" && p["succeeded"] == 6)
     );
+    // Every counter is kept per pair too.
+    let cli = pairs
+        .iter()
+        .find(|p| p["type"] == "cli" && p["provider"] == "api")
+        .unwrap();
+    assert_eq!((&cli["received"], &cli["attempts"]), (&json!(2), &json!(4)));
 
     assert_eq!(get(&format!("{}/healthz", s.stats)).status, 200);
     assert_eq!(get(&format!("{}/nothing", s.stats)).status, 404);
