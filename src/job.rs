@@ -256,6 +256,10 @@ pub struct Report {
     pub attempts: u32,
     /// Duration of the last attempt, in milliseconds.
     pub duration_ms: u64,
+    /// Milliseconds from the start of the first attempt to the end of the
+    /// last (retry waits included; for a job recovered after a crash,
+    /// since its first attempt in any process).
+    pub elapsed_ms: u64,
     /// Captured output of the last attempt, when asked for.
     pub output: Option<String>,
     /// The last error, on failure.

@@ -73,6 +73,7 @@ impl Loop {
             status: JobStatus::Failed,
             attempts: 0,
             duration_ms: 0,
+            elapsed_ms: 0,
             output: None,
             error: Some(record.error.clone()),
         };
@@ -284,11 +285,19 @@ fn report(
     output: Option<String>,
     error: Option<String>,
 ) -> Report {
+    let since_first = job
+        .first_attempt_at
+        .map(|t| (crate::job::unix_now() - t).max(0.0) * 1e3)
+        .filter(|ms| ms.is_finite())
+        .map_or(0, |ms| ms.min(u64::MAX as f64) as u64);
+    let duration_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     Report {
         id: job.id,
         status,
         attempts: job.attempts,
-        duration_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        duration_ms,
+        // At least the last attempt, whatever the clocks said.
+        elapsed_ms: since_first.max(duration_ms),
         output,
         error,
     }

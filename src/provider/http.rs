@@ -548,7 +548,9 @@ fn collect(rx: &Receiver<Report>, n: usize, bulk: bool) -> Answer {
     };
     if released {
         let mut a = Answer::unavailable("shutting down; the job did not finish", RETRY_STOPPING);
-        a.body = json!({ "error": "shutting down; the job did not finish", "reports": body });
+        // One job has one report; a bulk submit has a list of them.
+        let key = if bulk { "reports" } else { "report" };
+        a.body = json!({ "error": "shutting down; the job did not finish", key: body });
         return a;
     }
     Answer::json(if failed { 500 } else { 200 }, body)
@@ -586,6 +588,7 @@ impl Acker for WaitAcker {
             status: JobStatus::Released,
             attempts: job.map(|j| j.attempts).unwrap_or(0),
             duration_ms: 0,
+            elapsed_ms: 0,
             output: None,
             error: Some("shutting down".into()),
         });

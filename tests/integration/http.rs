@@ -880,3 +880,48 @@ fn enqueue_command_submits_to_the_running_service_with_the_token() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_report_covers_every_attempt_and_a_job_cut_by_shutdown_has_one_report() {
+    // Retries 300 ms apart, exactly: elapsed_ms covers both attempts and
+    // the wait between them; duration_ms is the last attempt alone.
+    let s = start(
+        "",
+        "  shutdown_timeout: 1s\n",
+        "  - type: cli\n    count: 1\n    allow: [./fail.sh, sleep]\n    retry: { base: 300ms, max: 1s, jitter: none }\n",
+    );
+    let a = post(
+        &agent(),
+        &format!("{}/job/add", s.api),
+        r#"{"type":"cli","params":{"command":"./fail.sh"},"retries":1}"#,
+    );
+    assert_eq!(a.status, 500, "{a:?}");
+    let r = a.json();
+    assert_eq!(r["attempts"], 2);
+    let (elapsed, last) = (
+        r["elapsed_ms"].as_u64().unwrap(),
+        r["duration_ms"].as_u64().unwrap(),
+    );
+    assert!(elapsed >= 300 && elapsed >= last, "{r}");
+
+    // A waiting caller whose job is cut by shutdown gets its one report.
+    let api = s.api.clone();
+    let waiter = std::thread::spawn(move || {
+        post(
+            &agent(),
+            &format!("{api}/job/add"),
+            r#"{"type":"cli","params":{"command":"sleep","params":["300"]}}"#,
+        )
+    });
+    assert!(wait_until(PATIENCE, || s
+        .g
+        .log_text()
+        .contains("attempt 1 on pool cli")
+        && s.g.log_text().matches("attempt 1 on pool cli").count() >= 2));
+    s.g.sigterm();
+    let a = waiter.join().unwrap();
+    assert_eq!(a.status, 503, "{a:?}");
+    let body = a.json();
+    assert!(body.get("reports").is_none(), "{body}");
+    assert_eq!(body["report"]["status"], "released", "{body}");
+}
