@@ -484,10 +484,10 @@ fn read_jobs(job: &str, pools: &[&str]) -> Result<Vec<(String, Vec<u8>)>, Exit> 
     };
     for (at, payload) in &payloads {
         let parsed = crate::Job::parse(payload).map_err(|m| fail(format!("{at}: {}", m.reason)))?;
-        if !pools.contains(&parsed.kind.as_str()) {
+        if !pools.contains(&parsed.job_type.as_str()) {
             return Err(fail(format!(
                 "{at}: no worker pool runs jobs of type {:?} (pools: {}); nothing was submitted",
-                parsed.kind,
+                parsed.job_type,
                 pools.join(", ")
             )));
         }
@@ -641,7 +641,7 @@ impl Reload {
         );
         let running = self.stats.snapshot();
         for p in &config.pools {
-            if running.types.contains_key(&p.name) {
+            if running.pools.contains_key(&p.name) {
                 // The manager changes only what differs, and logs it.
                 self.handle.resize(&p.name, p.count);
             } else {
@@ -651,7 +651,7 @@ impl Reload {
                 );
             }
         }
-        for name in running.types.keys() {
+        for name in running.pools.keys() {
             if !config.pools.iter().any(|p| &p.name == name) {
                 log::warn!(
                     "reload: pool {name} is no longer configured; it keeps running until a restart"

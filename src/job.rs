@@ -16,7 +16,7 @@ pub struct Job {
     pub id: String,
     /// The worker type (pool name) that runs it.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub job_type: String,
     /// Label for logs and stats; [`Job::name`] falls back to the id.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -72,10 +72,10 @@ pub struct Malformed {
 
 impl Job {
     /// A job of `kind` with `params` and a fresh id.
-    pub fn new(kind: impl Into<String>, params: Value) -> Job {
+    pub fn new(job_type: impl Into<String>, params: Value) -> Job {
         Job {
             id: new_id(),
-            kind: kind.into(),
+            job_type: job_type.into(),
             name: String::new(),
             params,
             retries: 0,
@@ -105,7 +105,7 @@ impl Job {
                 false => format!("invalid JSON: {e}"),
             })
         })?;
-        if job.kind.is_empty() {
+        if job.job_type.is_empty() {
             return Err(malformed("invalid job: `type` is empty".into()));
         }
         if job.id.is_empty() {

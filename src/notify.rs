@@ -174,7 +174,7 @@ pub(crate) fn status_line(s: &Snapshot, ready: bool) -> String {
             why => format!("{name} ({why})"),
         })
         .collect();
-    let threads: usize = s.types.values().map(|t| t.threads).sum();
+    let threads: usize = s.pools.values().map(|t| t.threads).sum();
     let line = if !ready && !s.stopping {
         format!("starting: waiting for provider(s) {}", down.join(", "))
     } else if s.stopping {
@@ -246,7 +246,7 @@ mod tests {
                 ..ProviderStats::default()
             },
         );
-        s.types.insert(
+        s.pools.insert(
             "cli".into(),
             TypeStats {
                 threads: 3,

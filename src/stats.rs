@@ -166,7 +166,7 @@ pub struct ProviderStats {
 pub struct PairStats {
     /// The job type (pool name).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub job_type: String,
     /// The provider's name.
     pub provider: String,
     /// Only `succeeded`, `failed` and `retried` are counted here.
@@ -196,8 +196,9 @@ pub struct Snapshot {
     pub stopping: bool,
     /// The delivery channel.
     pub channel: ChannelFill,
-    /// By job type.
-    pub types: BTreeMap<String, TypeStats>,
+    /// By pool (= job type). Named `types` in the JSON, as before.
+    #[serde(rename = "types")]
+    pub pools: BTreeMap<String, TypeStats>,
     /// By provider.
     pub providers: BTreeMap<String, ProviderStats>,
     /// Totals over all types.
@@ -389,7 +390,7 @@ impl Stats {
             let c = self.types[i];
             add(&mut s.totals, &c);
             s.jobs_per_sec += rate(type_done[i], old_types.get(i).copied().unwrap_or(0));
-            s.types.insert(
+            s.pools.insert(
                 name.to_string(),
                 TypeStats {
                     counters: c,
@@ -431,7 +432,7 @@ impl Stats {
                 continue; // only pairs that have seen a job
             }
             out.push(PairStats {
-                kind: kind.to_string(),
+                job_type: kind.to_string(),
                 provider: h.name().to_string(),
                 counters: *c,
             });
@@ -527,7 +528,7 @@ mod tests {
             providers: &healths,
         };
         let s = st.snapshot(&names, 0, false, ChannelFill::default());
-        let y = &s.types["y"];
+        let y = &s.pools["y"];
         let c = |received, attempts, succeeded, failed, retried, released| Counters {
             received,
             redelivered: 0,
@@ -543,8 +544,8 @@ mod tests {
         };
         assert_eq!(y.counters, again(c(2, 3, 1, 1, 1, 0)));
         assert_eq!((y.duration.count, y.in_flight), (3, 0));
-        assert_eq!(s.types["x"].counters, c(2, 2, 0, 0, 0, 2));
-        assert_eq!(s.types["x"].duration.count, 0);
+        assert_eq!(s.pools["x"].counters, c(2, 2, 0, 0, 0, 2));
+        assert_eq!(s.pools["x"].duration.count, 0);
         assert_eq!(s.providers["a"].counters, again(c(2, 3, 1, 1, 1, 0)));
         assert_eq!(s.providers["b"].counters, c(3, 2, 0, 1, 0, 2));
         assert_eq!(s.providers["b"].rejected, 1);
@@ -559,7 +560,7 @@ mod tests {
         let pair = |t: &str, p: &str| {
             s.by_type_and_provider
                 .iter()
-                .find(|x| x.kind == t && x.provider == p)
+                .find(|x| x.job_type == t && x.provider == p)
                 .map(|x| x.counters)
         };
         assert_eq!(pair("y", "a"), Some(again(c(2, 3, 1, 1, 1, 0))));

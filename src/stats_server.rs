@@ -154,7 +154,7 @@ impl Collector for SnapshotCollector {
                 ("failed", p.counters.failed),
             ] {
                 let labels = [
-                    ("type", p.kind.as_str()),
+                    ("type", p.job_type.as_str()),
                     ("provider", p.provider.as_str()),
                     ("outcome", outcome),
                 ];
@@ -191,7 +191,10 @@ impl Collector for SnapshotCollector {
         ] {
             let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
             for p in &s.by_type_and_provider {
-                let labels = [("type", p.kind.as_str()), ("provider", p.provider.as_str())];
+                let labels = [
+                    ("type", p.job_type.as_str()),
+                    ("provider", p.provider.as_str()),
+                ];
                 m.encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&get(&p.counters), None)?;
             }
@@ -212,7 +215,7 @@ impl Collector for SnapshotCollector {
                 ("retried", p.counters.retried),
             ] {
                 let labels = [
-                    ("type", p.kind.as_str()),
+                    ("type", p.job_type.as_str()),
                     ("provider", p.provider.as_str()),
                     ("outcome", outcome),
                 ];
@@ -236,7 +239,7 @@ impl Collector for SnapshotCollector {
             None,
             MetricType::Histogram,
         )?;
-        for (kind, t) in &s.types {
+        for (kind, t) in &s.pools {
             let d = &t.duration;
             // The snapshot's buckets are cumulative; the encoder wants
             // per-bucket counts and adds them up itself.
@@ -256,7 +259,7 @@ impl Collector for SnapshotCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (kind, t) in &s.types {
+        for (kind, t) in &s.pools {
             m.encode_family(&[("type", kind.as_str())])?
                 .encode_gauge(&(t.in_flight as i64))?;
         }

@@ -35,9 +35,9 @@ impl Loop {
                 return self.reject(provider, d.acker, record, None);
             }
         };
-        let Some(pool) = self.route(&job.kind) else {
-            let error = format!("no worker pool for type {:?}", job.kind);
-            log::warn!(job_id = job.id.as_str(), job_type = job.kind.as_str(); "job {}: {error}; dead-lettered", job.id);
+        let Some(pool) = self.route(&job.job_type) else {
+            let error = format!("no worker pool for type {:?}", job.job_type);
+            log::warn!(job_id = job.id.as_str(), job_type = job.job_type.as_str(); "job {}: {error}; dead-lettered", job.id);
             let record = FailureRecord::for_job(self.provider_name(provider), &job, &error, None);
             return self.reject(provider, d.acker, record, Some(&job));
         };
@@ -46,7 +46,7 @@ impl Loop {
         let run_at = job.run_at_time();
         if let Some(wait) = run_at.and_then(|at| at.duration_since(now.wall).ok()) {
             if wait > RUN_AT_SLACK {
-                log::debug!(job_id = job.id.as_str(), job_type = job.kind.as_str(); "job {}: waits {:?} for run_at", job.id, wait);
+                log::debug!(job_id = job.id.as_str(), job_type = job.job_type.as_str(); "job {}: waits {:?} for run_at", job.id, wait);
                 let waiting = Waiting {
                     pool,
                     job,
@@ -100,7 +100,7 @@ impl Loop {
             job.first_attempt_at = Some(now.unix);
         }
         log::debug!(
-            job_id = job.id.as_str(), job_type = job.kind.as_str();
+            job_id = job.id.as_str(), job_type = job.job_type.as_str();
             "job {} ({}): attempt {} on pool {}",
             job.id,
             job.name(),
@@ -153,7 +153,7 @@ impl Loop {
     /// Gives a job back to its source un-finished. The caller counts it.
     pub(super) fn hand_back(&mut self, acker: Box<dyn Acker>, job: Option<&Job>) {
         if let Some(j) = job {
-            log::info!(job_id = j.id.as_str(), job_type = j.kind.as_str(); "job {}: handed back un-finished", j.id);
+            log::info!(job_id = j.id.as_str(), job_type = j.job_type.as_str(); "job {}: handed back un-finished", j.id);
         }
         self.report.released += 1;
         acker.release(job);
@@ -210,7 +210,7 @@ impl Loop {
         } = d;
         match (decision, outcome) {
             (Decision::Succeeded, Some(o)) => {
-                log::debug!(job_id = job.id.as_str(), job_type = job.kind.as_str(); "job {} ({}): succeeded in {duration:?}", job.id, job.name());
+                log::debug!(job_id = job.id.as_str(), job_type = job.job_type.as_str(); "job {} ({}): succeeded in {duration:?}", job.id, job.name());
                 f.acker
                     .ack(&report(job, JobStatus::Succeeded, duration, o.output, None));
             }
@@ -234,7 +234,7 @@ impl Loop {
     ) {
         let message = o.result.err().map(|e| e.message).unwrap_or_default();
         log::info!(
-            job_id = job.id.as_str(), job_type = job.kind.as_str();
+            job_id = job.id.as_str(), job_type = job.job_type.as_str();
             "job {} ({}): attempt {} of {} failed: {}; retry in {:?}",
             job.id,
             job.name(),
@@ -261,7 +261,7 @@ impl Loop {
     fn dead(&mut self, mut job: Job, f: InFlight, o: Outcome, duration: Duration) {
         let message = o.result.err().map(|e| e.message).unwrap_or_default();
         log::warn!(
-            job_id = job.id.as_str(), job_type = job.kind.as_str();
+            job_id = job.id.as_str(), job_type = job.job_type.as_str();
             "job {} ({}): failed for good after {} attempt(s): {}",
             job.id,
             job.name(),

@@ -204,7 +204,7 @@ impl Rig {
         self.l.publish();
         let s = self.reader.snapshot();
         let p = &s.providers["p"];
-        (s.types["t"].counters, p.counters, p.rejected, s.in_flight)
+        (s.pools["t"].counters, p.counters, p.rejected, s.in_flight)
     }
 
     fn finish(self) -> super::ShutdownReport {
@@ -371,7 +371,7 @@ fn malformed_payloads_and_unknown_types_are_rejected_unrun() {
         (0, Some("not JSON"))
     );
     let mut j = job("ok", 3);
-    j.kind = "teleport".into();
+    j.job_type = "teleport".into();
     r.deliver(Ok(j), false, r.t0);
     let Told::Dead(record, _) = r.told() else {
         panic!("not dead-lettered")

@@ -391,10 +391,10 @@ impl Shared {
     fn submission(&self, rq: &Request) -> Result<Submission, Answer> {
         let (bulk_path, wait) = route(&self.endpoint, &rq.method, &rq.target)?;
         let (jobs, bulk) = parse_jobs(&rq.body, bulk_path)?;
-        if let Some(job) = jobs.iter().find(|j| !self.ctx.knows_type(&j.kind)) {
+        if let Some(job) = jobs.iter().find(|j| !self.ctx.knows_type(&j.job_type)) {
             return Err(Answer::error(
                 422,
-                format!("no worker pool for type {:?}", job.kind),
+                format!("no worker pool for type {:?}", job.job_type),
             ));
         }
         Ok(Submission { jobs, bulk, wait })

@@ -435,7 +435,7 @@ fn resize_while_jobs_run_loses_none() {
         }
     }
     assert_eq!(seen, ids);
-    assert_eq!(service.snapshot().types["rz"].threads, 1);
+    assert_eq!(service.snapshot().pools["rz"].threads, 1);
     service.shutdown();
     let report = service.wait();
     assert_eq!(report.released, 0);
