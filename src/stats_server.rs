@@ -9,7 +9,7 @@
 use crate::error::Error;
 use crate::httpd::{self, Limits, Request, Response, Server};
 use crate::provider::Health;
-use crate::stats::{Snapshot, StatsReader};
+use crate::stats::{Counters, Snapshot, StatsReader};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -139,34 +139,46 @@ impl Source {
 #[derive(Debug)]
 struct SnapshotCollector(Arc<Snapshot>);
 
+/// One counter family by (type, provider, outcome), an outcome a counter.
+fn encode_outcomes(
+    e: &mut DescriptorEncoder,
+    s: &Snapshot,
+    name: &str,
+    help: &str,
+    outcomes: &[(&str, fn(&Counters) -> u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for p in &s.by_type_and_provider {
+        for (outcome, get) in outcomes {
+            let labels = [
+                ("type", p.job_type.as_str()),
+                ("provider", p.provider.as_str()),
+                ("outcome", outcome),
+            ];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&get(&p.counters), None)?;
+        }
+    }
+    Ok(())
+}
+
 impl Collector for SnapshotCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let mut m = e.encode_descriptor(
+        let finals: &[(&str, fn(&Counters) -> u64)] =
+            &[("succeeded", |c| c.succeeded), ("failed", |c| c.failed)];
+        encode_outcomes(
+            &mut e,
+            s,
             "goworker_jobs_finished",
             "Jobs finished for good by type, provider and outcome (succeeded, failed)",
-            None,
-            MetricType::Counter,
+            finals,
         )?;
-        for p in &s.by_type_and_provider {
-            for (outcome, n) in [
-                ("succeeded", p.counters.succeeded),
-                ("failed", p.counters.failed),
-            ] {
-                let labels = [
-                    ("type", p.job_type.as_str()),
-                    ("provider", p.provider.as_str()),
-                    ("outcome", outcome),
-                ];
-                m.encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
-            }
-        }
         for (name, help, get) in [
             (
                 "goworker_jobs_received",
                 "New jobs received, by type and provider",
-                (|c| c.received) as fn(&crate::stats::Counters) -> u64,
+                (|c| c.received) as fn(&Counters) -> u64,
             ),
             (
                 "goworker_jobs_redelivered",
@@ -202,27 +214,13 @@ impl Collector for SnapshotCollector {
         // Deprecated alias of goworker_jobs_finished_total and
         // goworker_job_retries_total, kept for one release: its "retried"
         // outcome counts attempts, not jobs.
-        let mut m = e.encode_descriptor(
+        encode_outcomes(
+            &mut e,
+            s,
             "goworker_jobs",
             "Deprecated: use goworker_jobs_finished_total and goworker_job_retries_total",
-            None,
-            MetricType::Counter,
+            &[finals[0], finals[1], ("retried", |c| c.retried)],
         )?;
-        for p in &s.by_type_and_provider {
-            for (outcome, n) in [
-                ("succeeded", p.counters.succeeded),
-                ("failed", p.counters.failed),
-                ("retried", p.counters.retried),
-            ] {
-                let labels = [
-                    ("type", p.job_type.as_str()),
-                    ("provider", p.provider.as_str()),
-                    ("outcome", outcome),
-                ];
-                m.encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
-            }
-        }
         let mut m = e.encode_descriptor(
             "goworker_jobs_rejected",
             "Payloads that were not jobs or named a type with no pool, by provider",
