@@ -139,13 +139,16 @@ impl Source {
 #[derive(Debug)]
 struct SnapshotCollector(Arc<Snapshot>);
 
+/// An outcome's label and how to read it from the counters.
+type Outcome = (&'static str, fn(&Counters) -> u64);
+
 /// One counter family by (type, provider, outcome), an outcome a counter.
 fn encode_outcomes(
     e: &mut DescriptorEncoder,
     s: &Snapshot,
     name: &str,
     help: &str,
-    outcomes: &[(&str, fn(&Counters) -> u64)],
+    outcomes: &[Outcome],
 ) -> Result<(), std::fmt::Error> {
     let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
     for p in &s.by_type_and_provider {
@@ -165,8 +168,7 @@ fn encode_outcomes(
 impl Collector for SnapshotCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let finals: &[(&str, fn(&Counters) -> u64)] =
-            &[("succeeded", |c| c.succeeded), ("failed", |c| c.failed)];
+        let finals: &[Outcome] = &[("succeeded", |c| c.succeeded), ("failed", |c| c.failed)];
         encode_outcomes(
             &mut e,
             s,
