@@ -40,9 +40,9 @@ pub struct Backoff {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawRetry {
     /// Delay cap of the first retry; doubles each attempt. Default: manager.retry.base.
-    pub(crate) base: Option<crate::duration::Written>,
+    pub(crate) base: Option<crate::duration::DurationValue>,
     /// Largest delay. Default: manager.retry.max.
-    pub(crate) max: Option<crate::duration::Written>,
+    pub(crate) max: Option<crate::duration::DurationValue>,
     /// full (uniform 0..cap), equal (cap/2..cap) or none (exactly cap). Default: manager.retry.jitter.
     pub(crate) jitter: Option<Jitter>,
 }
@@ -51,7 +51,7 @@ impl From<Backoff> for RawRetry {
     /// The back-off written out, for the defaults `goworker options` shows.
     fn from(b: Backoff) -> RawRetry {
         let text = |d: Duration| {
-            Some(crate::duration::Written::Text(
+            Some(crate::duration::DurationValue::Text(
                 humantime::format_duration(d).to_string(),
             ))
         };

@@ -9,30 +9,33 @@ use std::time::Duration;
 /// delay, and far from where time arithmetic could overflow.
 pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// A duration as written: a number of seconds or a string with a unit.
+/// A duration as written in a config or options: a number of seconds or a
+/// string with a unit. Use it for a plugin's duration options to follow
+/// the same rule as every built-in one (and show as `duration` in
+/// `goworker options`); [`DurationValue::parse`] gives the `Duration`.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Written {
+pub enum DurationValue {
     /// A bare number: seconds.
     Seconds(f64),
     /// A string: needs a unit.
     Text(String),
 }
 
-impl From<&str> for Written {
-    fn from(s: &str) -> Written {
-        Written::Text(s.to_string())
+impl From<&str> for DurationValue {
+    fn from(s: &str) -> DurationValue {
+        DurationValue::Text(s.to_string())
     }
 }
 
-impl Written {
-    /// The duration, checked: not negative, not NaN, at most [`LONGEST`].
+impl DurationValue {
+    /// The duration, checked: not negative, not NaN, at most 100 years.
     ///
     /// # Errors
     /// A message that says what is accepted.
-    pub(crate) fn parse(&self) -> Result<Duration, String> {
+    pub fn parse(&self) -> Result<Duration, String> {
         match self {
-            Written::Seconds(s) => seconds(*s),
-            Written::Text(t) => text(t),
+            DurationValue::Seconds(s) => seconds(*s),
+            DurationValue::Text(t) => text(t),
         }
     }
 }
@@ -69,41 +72,41 @@ fn years() -> u64 {
     LONGEST.as_secs() / (365 * 24 * 3600)
 }
 
-impl<'de> serde::Deserialize<'de> for Written {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Written, D::Error> {
+impl<'de> serde::Deserialize<'de> for DurationValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DurationValue, D::Error> {
         struct V;
         impl serde::de::Visitor<'_> for V {
-            type Value = Written;
+            type Value = DurationValue;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a number of seconds or a duration such as 30s")
             }
-            fn visit_u64<E>(self, v: u64) -> Result<Written, E> {
-                Ok(Written::Seconds(v as f64))
+            fn visit_u64<E>(self, v: u64) -> Result<DurationValue, E> {
+                Ok(DurationValue::Seconds(v as f64))
             }
-            fn visit_i64<E>(self, v: i64) -> Result<Written, E> {
-                Ok(Written::Seconds(v as f64))
+            fn visit_i64<E>(self, v: i64) -> Result<DurationValue, E> {
+                Ok(DurationValue::Seconds(v as f64))
             }
-            fn visit_f64<E>(self, v: f64) -> Result<Written, E> {
-                Ok(Written::Seconds(v))
+            fn visit_f64<E>(self, v: f64) -> Result<DurationValue, E> {
+                Ok(DurationValue::Seconds(v))
             }
-            fn visit_str<E>(self, v: &str) -> Result<Written, E> {
-                Ok(Written::Text(v.to_string()))
+            fn visit_str<E>(self, v: &str) -> Result<DurationValue, E> {
+                Ok(DurationValue::Text(v.to_string()))
             }
         }
         d.deserialize_any(V)
     }
 }
 
-impl serde::Serialize for Written {
+impl serde::Serialize for DurationValue {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Written::Seconds(v) => s.serialize_f64(*v),
-            Written::Text(t) => s.serialize_str(t),
+            DurationValue::Seconds(v) => s.serialize_f64(*v),
+            DurationValue::Text(t) => s.serialize_str(t),
         }
     }
 }
 
-impl schemars::JsonSchema for Written {
+impl schemars::JsonSchema for DurationValue {
     fn schema_name() -> Cow<'static, str> {
         "duration".into()
     }
@@ -122,7 +125,7 @@ mod tests {
     use super::*;
 
     fn yaml(text: &str) -> Result<Duration, String> {
-        let w: Written = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let w: DurationValue = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         w.parse()
     }
 

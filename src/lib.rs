@@ -64,6 +64,7 @@ pub use config::{
     Config, EXAMPLE_CONFIG, HandlerConfig, ManagerConfig, Override, PoolConfig, ProviderConfig,
     SecretEnv,
 };
+pub use duration::DurationValue;
 pub use error::{ConfigError, Error, PluginError};
 pub use failure::{FailureHandler, FailureHandlerType, HandlerContext};
 pub use job::{

@@ -98,7 +98,7 @@ pub(crate) struct PoolCommon {
     pub(crate) count: usize,
     /// Default per-attempt time limit (e.g. 60s, at most 365 days); a job's timeout overrides it. Default: none.
     #[serde(default)]
-    pub(crate) timeout: Option<crate::duration::Written>,
+    pub(crate) timeout: Option<crate::duration::DurationValue>,
     /// Retry back-off for this pool; unset keys come from manager.retry.
     #[serde(default)]
     pub(crate) retry: Option<crate::backoff::RawRetry>,

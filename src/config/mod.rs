@@ -458,10 +458,10 @@ mod tests {
 
     #[test]
     fn options_show_the_retry_defaults_from_the_one_backoff_default() {
-        use crate::duration::Written;
+        use crate::duration::DurationValue;
         let raw = raw::RawManager::default().retry;
-        assert_eq!(raw.base, Some(Written::Text("1s".into())));
-        assert_eq!(raw.max, Some(Written::Text("5m".into())));
+        assert_eq!(raw.base, Some(DurationValue::Text("1s".into())));
+        assert_eq!(raw.max, Some(DurationValue::Text("5m".into())));
         assert_eq!(raw.jitter, Some(crate::backoff::Jitter::Full));
     }
 }

@@ -3,7 +3,7 @@
 //! family (`crate::plugin`), each type's options with the type.
 
 use crate::backoff::{Backoff, RawRetry};
-use crate::duration::Written;
+use crate::duration::DurationValue;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Mapping;
 
@@ -28,7 +28,7 @@ pub(crate) struct RawManager {
     /// Address of the stats server (/stats, /metrics, /healthz); null turns it off.
     pub(crate) stats_listen: Option<String>,
     /// How long running jobs may finish after SIGTERM before they are killed and handed back.
-    pub(crate) shutdown_timeout: Written,
+    pub(crate) shutdown_timeout: DurationValue,
     /// Capacity of the delivery channel from the providers to the manager.
     pub(crate) channel_bound: usize,
     /// Retry back-off for every pool that does not set its own.

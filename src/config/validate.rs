@@ -9,7 +9,7 @@ use super::{
     Config, HandlerConfig, MAX_FAILURE_QUEUE, ManagerConfig, PoolConfig, ProviderConfig, SecretEnv,
 };
 use crate::backoff::{Backoff, RawRetry};
-use crate::duration::Written;
+use crate::duration::DurationValue;
 use crate::error::ConfigError;
 use crate::plain::plain;
 use crate::plugin::{Common, Family, NamedCommon, Registry, Table};
@@ -156,13 +156,13 @@ impl Parser<'_> {
         })
     }
 
-    fn duration(&self, path: &[&str], v: &Written) -> Result<Duration, ConfigError> {
+    fn duration(&self, path: &[&str], v: &DurationValue) -> Result<Duration, ConfigError> {
         let segs = path.iter().map(|k| Seg::Key(k.to_string())).collect();
         self.duration_at(segs, v)
     }
 
     /// Parses a duration: a number of seconds, or `250ms`, `30s`, `5m`, …
-    fn duration_at(&self, path: Vec<Seg>, v: &Written) -> Result<Duration, ConfigError> {
+    fn duration_at(&self, path: Vec<Seg>, v: &DurationValue) -> Result<Duration, ConfigError> {
         v.parse().map_err(|e| self.error(path, e))
     }
 
@@ -213,7 +213,7 @@ impl Parser<'_> {
         raw: &RawRetry,
         inherited: Backoff,
     ) -> Result<Backoff, ConfigError> {
-        let duration = |key: &str, v: &Option<Written>, d: Duration| match v {
+        let duration = |key: &str, v: &Option<DurationValue>, d: Duration| match v {
             None => Ok(d),
             Some(v) => self.duration_at(self::at(&at, key), v),
         };

@@ -31,7 +31,7 @@ pub(crate) struct CliHandlerOptions {
     /// Working directory. Default: the service's.
     pub(crate) cwd: Option<PathBuf>,
     /// Limit on one run; the command's process group is killed then.
-    pub(crate) timeout: String,
+    pub(crate) timeout: crate::DurationValue,
 }
 
 impl Default for CliHandlerOptions {

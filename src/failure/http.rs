@@ -25,11 +25,11 @@ pub(crate) struct HttpHandlerOptions {
     /// Extra request headers, e.g. Authorization; values are never logged.
     pub(crate) headers: BTreeMap<String, String>,
     /// Limit on each phase of a POST: connecting, sending, waiting for and reading the response.
-    pub(crate) timeout: String,
+    pub(crate) timeout: crate::DurationValue,
     /// POSTs retried after the first fails with 408, 429, 5xx, a timeout or a connection error.
     pub(crate) retries: u32,
     /// Wait before the first retry; doubles each retry, up to 30s.
-    pub(crate) retry_delay: String,
+    pub(crate) retry_delay: crate::DurationValue,
 }
 
 impl Default for HttpHandlerOptions {

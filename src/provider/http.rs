@@ -54,10 +54,10 @@ pub(crate) struct HttpOptions {
     /// Deadline for a request's head (from its first byte), then for its
     /// body, then for writing the answer; a client slower than this is
     /// dropped. Default `10s`.
-    read_timeout: String,
+    read_timeout: crate::DurationValue,
     /// How long an open connection may wait for its next request before it
     /// is closed. Default `10s`.
-    idle_timeout: String,
+    idle_timeout: crate::DurationValue,
     /// Environment variable holding the bearer token callers must send.
     /// Default none (no token).
     token_env: Option<String>,
@@ -149,15 +149,12 @@ impl ProviderType for HttpOptions {
         if self.max_connections == 0 {
             return Err(PluginError::at("max_connections", "must be at least 1"));
         }
-        let duration = |key: &str, v: &str| {
-            crate::duration::text(v)
+        let duration = |key: &str, v: &crate::DurationValue| {
+            v.parse()
                 .map_err(|e| PluginError::at(key, e))
                 .and_then(|d| {
                     if d.is_zero() || d > MAX_TIMEOUT {
-                        Err(PluginError::at(
-                            key,
-                            format!("{v:?}: must be between 1ms and 1h"),
-                        ))
+                        Err(PluginError::at(key, "must be between 1ms and 1h"))
                     } else {
                         Ok(d)
                     }
@@ -450,6 +447,7 @@ impl Shared {
     /// The default: hold the request until every job's final outcome.
     fn wait_for(&self, s: Submission) -> Answer {
         let n = s.jobs.len();
+        let order: Vec<String> = s.jobs.iter().map(|j| j.id.clone()).collect();
         // Room for every report, so an acker's send never blocks.
         let (tx, rx) = crossbeam_channel::bounded(n);
         let sent = self.send_all(s.jobs, s.bulk, |job| {
@@ -462,7 +460,7 @@ impl Shared {
         if let Err(answer) = sent {
             return answer;
         }
-        collect(&rx, n, s.bulk)
+        collect(&rx, &order, s.bulk)
     }
 
     /// Sends every job with `try_send`; on the first refusal, answers 503
@@ -530,7 +528,8 @@ fn parse_jobs(body: &[u8], bulk_path: bool) -> Result<(Vec<Job>, bool), Answer> 
 
 /// Waits for `n` reports: `200` when all succeeded, `500` when one failed,
 /// `503` when one was handed back (shutdown).
-fn collect(rx: &Receiver<Report>, n: usize, bulk: bool) -> Answer {
+fn collect(rx: &Receiver<Report>, order: &[String], bulk: bool) -> Answer {
+    let n = order.len();
     let mut reports = Vec::with_capacity(n);
     for _ in 0..n {
         match rx.recv() {
@@ -539,6 +538,13 @@ fn collect(rx: &Receiver<Report>, n: usize, bulk: bool) -> Answer {
             Err(_) => break,
         }
     }
+    // In the order the jobs were submitted, whatever order they ended in.
+    let index: std::collections::HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    reports.sort_by_key(|r| index.get(r.id.as_str()).copied());
     let released = reports.len() < n || reports.iter().any(|r| r.status == JobStatus::Released);
     let failed = reports.iter().any(|r| r.status == JobStatus::Failed);
     let body = if bulk {

@@ -38,7 +38,7 @@ pub struct CliOptions {
     /// Variables a job's params.env may set (exact names). A job setting any other is a final failure. PATH, LD_* and other loader/shell hooks (GLIBC_TUNABLES, GCONV_PATH, LOCPATH, NLSPATH, BASH_ENV, ENV, BASH_FUNC_*) cannot be listed.
     pub allow_env: Vec<String>,
     /// Longest time limit an attempt may have: a job asking for more is a final failure, and an attempt with no timeout at all stops here. Default: the pool's timeout, or 24h when it sets none.
-    pub max_timeout: Option<String>,
+    pub max_timeout: Option<crate::DurationValue>,
 }
 
 impl Default for CliOptions {
@@ -182,7 +182,7 @@ impl WorkerType for Cli {
             allow_env.insert(name.clone());
         }
         let max_timeout = match &o.max_timeout {
-            Some(t) => crate::duration::text(t).map_err(|e| PluginError::at("max_timeout", e))?,
+            Some(t) => t.parse().map_err(|e| PluginError::at("max_timeout", e))?,
             None => pool.timeout.unwrap_or(DEFAULT_MAX_TIMEOUT),
         };
         if let Some(t) = pool.timeout.filter(|t| *t > max_timeout) {
@@ -422,7 +422,7 @@ pub(crate) struct Spawn<'a> {
     /// Variables never passed on, whatever `inherit_env` says.
     pub(crate) secret_env: &'a BTreeSet<String>,
     pub(crate) cwd: Option<&'a Path>,
-    /// Written to the command's stdin from a helper thread; `None`: /dev/null.
+    /// DurationValue to the command's stdin from a helper thread; `None`: /dev/null.
     pub(crate) stdin: Option<Vec<u8>>,
     pub(crate) timeout: Option<Duration>,
     /// Output bytes kept.
@@ -1101,7 +1101,7 @@ mod tests {
             ) {
                 let o = CliOptions {
                     allow: vec!["true".into()],
-                    max_timeout: max,
+                    max_timeout: max.map(crate::DurationValue::Text),
                     ..CliOptions::default()
                 };
                 let pool_timeout = pool_ms.map(Duration::from_millis);

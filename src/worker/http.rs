@@ -19,6 +19,7 @@
 //! a refused host, bad params and the redirect limit are final.
 
 use super::{JobContext, PoolInfo, Worker, WorkerType};
+use crate::DurationValue;
 use crate::error::PluginError;
 use crate::job::{Job, Outcome};
 use serde::Deserialize;
@@ -51,7 +52,7 @@ pub(crate) struct HttpOptions {
     /// Redirects followed per attempt; reaching the limit is a final failure.
     pub(crate) max_redirects: u32,
     /// Limit on connecting (DNS, TCP, TLS); the attempt's `timeout` (default 60s) bounds every phase and is checked for the whole attempt.
-    pub(crate) connect_timeout: String,
+    pub(crate) connect_timeout: DurationValue,
     /// Request headers dropped when a redirect leaves the job's origin, beside Authorization, Cookie and Proxy-Authorization (always dropped).
     pub(crate) sensitive_headers: Vec<String>,
 }
@@ -411,8 +412,8 @@ impl ureq::unversioned::resolver::Resolver for CheckedResolver {
 }
 
 /// Parses a duration option such as `"10s"`.
-pub(crate) fn parse_duration(key: &str, text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{key}: {text:?}: {e}"))
+pub(crate) fn parse_duration(key: &str, v: &DurationValue) -> Result<Duration, PluginError> {
+    v.parse().map_err(|e| PluginError::at(key, e))
 }
 
 /// The `http` worker type: a validated allow list and client settings.

@@ -236,7 +236,7 @@ impl Store {
     }
 
     /// Moves up to `max` jobs due by `now` from pending to in-flight.
-    /// Written without fsync (`Eventual`): a power loss before the next
+    /// DurationValue without fsync (`Eventual`): a power loss before the next
     /// durable commit only returns them to pending, where they were. Not
     /// `None`: re-opening after an I/O error would forget such a commit
     /// and deliver the jobs a second time.
