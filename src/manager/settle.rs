@@ -212,10 +212,10 @@ impl Loop {
             (Decision::Succeeded, Some(o)) => {
                 log::debug!(job_id = job.id.as_str(), job_type = job.job_type.as_str(); "job {} ({}): succeeded in {duration:?}", job.id, job.name());
                 f.acker
-                    .ack(&report(job, JobStatus::Succeeded, duration, o.output, None));
+                    .ack(&report(job, JobStatus::Succeeded, duration, now, o.output, None));
             }
             (Decision::Retry { wait, .. }, Some(o)) => self.retry(pool, job, f, o, wait, now),
-            (Decision::Dead, Some(o)) => self.dead(job, f, o, duration),
+            (Decision::Dead, Some(o)) => self.dead(job, f, o, duration, now),
             // Release; the others always come with an outcome.
             _ => self.hand_back(f.acker, Some(&job)),
         }
@@ -258,7 +258,7 @@ impl Loop {
     }
 
     /// Dead-letters a job that failed for good.
-    fn dead(&mut self, mut job: Job, f: InFlight, o: Outcome, duration: Duration) {
+    fn dead(&mut self, mut job: Job, f: InFlight, o: Outcome, duration: Duration, now: Now) {
         let message = o.result.err().map(|e| e.message).unwrap_or_default();
         log::warn!(
             job_id = job.id.as_str(), job_type = job.job_type.as_str();
@@ -271,26 +271,31 @@ impl Loop {
         job.last_error = Some(message.clone());
         let provider = self.provider_name(f.provider);
         let record = FailureRecord::for_job(provider, &job, &message, o.output.clone());
-        let report = report(job, JobStatus::Failed, duration, o.output, Some(message));
+        let report = report(job, JobStatus::Failed, duration, now, o.output, Some(message));
         f.acker.dead(&record, &report);
         self.send_to_failure_handlers(record);
     }
 }
 
 /// The report of a finished job.
+/// The report of a finished job; `now` is the manager's clock reading for
+/// this batch of work (no clock is read per job).
 fn report(
     job: Job,
     status: JobStatus,
     d: Duration,
+    now: Now,
     output: Option<String>,
     error: Option<String>,
 ) -> Report {
-    let since_first = job
-        .first_attempt_at
-        .map(|t| (crate::job::unix_now() - t).max(0.0) * 1e3)
-        .filter(|ms| ms.is_finite())
-        .map_or(0, |ms| ms.min(u64::MAX as f64) as u64);
     let duration_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    // One attempt: it is the whole of it.
+    let since_first = match (job.attempts, job.first_attempt_at) {
+        (2.., Some(t)) => Some((now.unix - t).max(0.0) * 1e3)
+            .filter(|ms| ms.is_finite())
+            .map_or(0, |ms| ms.min(u64::MAX as f64) as u64),
+        _ => 0,
+    };
     Report {
         id: job.id,
         status,
