@@ -197,6 +197,7 @@ impl Service {
                 health: healths[i].clone(),
                 types: types.clone(),
                 stores: stores.clone(),
+                failures: fail_tx.clone(),
             };
             p.provider.open(&ctx)?;
             contexts.push(ctx);

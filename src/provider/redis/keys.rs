@@ -1,4 +1,4 @@
-//! The key layout beside each queue `Q` (DESIGN.md, "Redis provider").
+//! The key layout beside each queue `Q` (README, "Key layout").
 
 use super::options::Settings;
 
@@ -15,20 +15,19 @@ pub(super) struct QueueKeys {
     pub(super) delayed: String,
     /// `Q:dead`: dead-letter records, newest first.
     pub(super) dead: String,
-    /// `Q:recoveries`: payload SHA-1 -> times recovered from dead consumers.
-    pub(super) recoveries: String,
     /// `Q:sweep-lock`: held for the few milliseconds of an orphan sweep.
     pub(super) sweep_lock: String,
-    /// `SCAN` pattern matching every consumer's processing list.
-    pub(super) processing_pattern: String,
     /// Prefix of processing lists, to read the consumer id back.
     pub(super) processing_prefix: String,
 }
 
-/// Every queue's keys and this process's consumer id.
+/// Every queue's keys, this process's consumer id and the tag that
+/// starts its delivery ids.
 #[derive(Debug)]
 pub(super) struct Keys {
     pub(super) consumer: String,
+    /// A ULID chosen at start: `<tag>.<n>` names this process's n-th delivery.
+    pub(super) tag: String,
     pub(super) queues: Vec<QueueKeys>,
 }
 
@@ -40,7 +39,11 @@ impl Keys {
             .iter()
             .map(|q| QueueKeys::new(q, &consumer))
             .collect();
-        Keys { consumer, queues }
+        Keys {
+            consumer,
+            tag: ulid::Ulid::generate().to_string(),
+            queues,
+        }
     }
 }
 
@@ -53,9 +56,7 @@ impl QueueKeys {
             consumers: format!("{q}:consumers"),
             delayed: format!("{q}:delayed"),
             dead: format!("{q}:dead"),
-            recoveries: format!("{q}:recoveries"),
             sweep_lock: format!("{q}:sweep-lock"),
-            processing_pattern: format!("{}*", glob_escape(&processing_prefix)),
             processing_prefix,
         }
     }
@@ -72,27 +73,15 @@ fn consumer_id() -> String {
     format!("{host}:{}:{suffix:08x}", std::process::id())
 }
 
-/// Escapes glob characters so a queue name matches only itself in `SCAN`.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn layout_and_escaping() {
+    fn layout() {
         let k = QueueKeys::new("jobs[1]", "h:1:ab");
         assert_eq!(k.processing, "jobs[1]:processing:h:1:ab");
-        assert_eq!(k.processing_pattern, "jobs\\[1\\]:processing:*");
+        assert_eq!(k.processing_prefix, "jobs[1]:processing:");
         assert_ne!(consumer_id(), consumer_id());
     }
 }

@@ -16,6 +16,8 @@ pub(crate) struct RedisOptions {
     pub pool_size: u32,
     /// Most jobs moved in one round trip when a queue is deep. Default 1000.
     pub fetch_batch: usize,
+    /// Most payload bytes moved in one round trip (one larger job is still taken alone). Default 4194304 (4 MiB).
+    pub fetch_max_bytes: u64,
     /// How often this process records that it is alive. Default `2s`.
     pub heartbeat: String,
     /// A consumer silent this long is dead: its jobs go back to the queue. Default `30s`.
@@ -36,6 +38,7 @@ impl Default for RedisOptions {
             queues: vec!["job_list".into()],
             pool_size: 4,
             fetch_batch: 1000,
+            fetch_max_bytes: 4 << 20,
             heartbeat: "2s".into(),
             orphan_after: "30s".into(),
             max_recoveries: 3,
@@ -55,12 +58,16 @@ pub(super) struct Settings {
     pub(super) queues: Vec<String>,
     pub(super) pool_size: u32,
     pub(super) fetch_batch: usize,
+    pub(super) fetch_max_bytes: u64,
     pub(super) heartbeat: Duration,
     pub(super) orphan_after: Duration,
     pub(super) max_recoveries: u32,
     pub(super) rate_limit: f64,
     pub(super) dead_letter_max: usize,
 }
+
+/// Most jobs in one fetch: bounds the script's work and its reply.
+const MAX_FETCH_BATCH: usize = 100_000;
 
 fn duration(key: &str, v: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(v).map_err(|e| format!("{key}: {v:?}: {e}"))?;
@@ -94,8 +101,11 @@ impl Settings {
         if o.pool_size < 3 {
             return Err("pool_size: at least 3 (fetch, acks, upkeep)".into());
         }
-        if o.fetch_batch == 0 {
-            return Err("fetch_batch: at least 1".into());
+        if o.fetch_batch == 0 || o.fetch_batch > MAX_FETCH_BATCH {
+            return Err(format!("fetch_batch: from 1 to {MAX_FETCH_BATCH}"));
+        }
+        if o.fetch_max_bytes == 0 {
+            return Err("fetch_max_bytes: at least 1".into());
         }
         let heartbeat = duration("heartbeat", &o.heartbeat)?;
         let orphan_after = duration("orphan_after", &o.orphan_after)?;
@@ -122,6 +132,7 @@ impl Settings {
             queues: o.queues,
             pool_size: o.pool_size,
             fetch_batch: o.fetch_batch,
+            fetch_max_bytes: o.fetch_max_bytes,
             heartbeat,
             orphan_after,
             max_recoveries: o.max_recoveries,
@@ -131,26 +142,51 @@ impl Settings {
     }
 }
 
-/// The URL without its password, for logs.
+/// The URL without its credentials, for logs, errors and `/healthz`.
+///
+/// Everything between `://` and the last `@` is user information, however
+/// it is written (a password may hold an unescaped `/`, `@`, `#` or `?`,
+/// which a URL parser would take for the end of the host): it becomes
+/// `user:***` (or `***` when there is no `:`). A password given as a query
+/// parameter (`pass=`, `password=`, as unix-socket URLs do) is blanked
+/// through the `url` crate's parser. Anything else is kept, so the host,
+/// port and database stay readable.
 pub(super) fn redact(url: &str) -> String {
     let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
+        return "<url without a scheme, hidden>".into();
     };
-    let rest = &url[start..];
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rfind('@') {
+    let (head, rest) = url.split_at(start);
+    let rest = match rest.rfind('@') {
         Some(at) => {
-            let user = &rest[..at];
-            let user = user.split(':').next().unwrap_or("");
-            let masked = if rest[..at].contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".to_string()
-            };
-            format!("{}{masked}{}", &url[..start], &rest[at..])
+            let (userinfo, host) = rest.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***{host}"),
+                None => format!("***{host}"),
+            }
         }
-        None => url.to_string(),
+        None => rest.to_string(),
+    };
+    let out = format!("{head}{rest}");
+    let Ok(mut parsed) = url::Url::parse(&out) else {
+        return out;
+    };
+    let secret = |k: &str| matches!(k.to_ascii_lowercase().as_str(), "pass" | "password");
+    if !parsed.query_pairs().any(|(k, _)| secret(&k)) {
+        return out;
     }
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if secret(&k) {
+                "***".into()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -163,6 +199,15 @@ mod tests {
         assert_eq!(redact("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
         assert_eq!(redact("rediss://u:pw@h/0"), "rediss://u:***@h/0");
         assert_eq!(redact("redis://pw@h"), "redis://***@h");
+        // Characters a URL parser would stop at.
+        for pw in ["a/b", "a@b", "a#b", "a?b", "p/w@x:y", "%2F/"] {
+            let url = format!("redis://user:{pw}@127.0.0.1:6379/0");
+            let shown = redact(&url);
+            assert_eq!(shown, "redis://user:***@127.0.0.1:6379/0", "{pw}");
+        }
+        let unix = redact("redis+unix:///run/redis.sock?db=1&pass=s3cret");
+        assert!(!unix.contains("s3cret") && unix.contains("db=1"), "{unix}");
+        assert!(!redact("no scheme:pw@h").contains("pw"));
     }
 
     #[test]
