@@ -210,6 +210,23 @@ mod tests {
         assert!(!redact("no scheme:pw@h").contains("pw"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn no_password_is_ever_shown(pw in "[ -~]{6,24}", user in "[a-z]{0,6}",
+                                     tail in "[a-z0-9./?=&]{0,12}") {
+            let url = format!("redis://{user}:{pw}@127.0.0.1:6379/0{tail}");
+            let shown = redact(&url);
+            // Only a password that also appears in the rest is allowed through.
+            let rest = format!("redis://{user}:***@127.0.0.1:6379/0{tail}");
+            proptest::prop_assert!(!shown.contains(&pw) || rest.contains(&pw), "{}", shown);
+        }
+
+        #[test]
+        fn redacting_never_panics(url in "\\PC{0,60}") {
+            let _ = redact(&url);
+        }
+    }
+
     #[test]
     fn bad_options_are_named() {
         let bad = |f: fn(&mut RedisOptions)| {
