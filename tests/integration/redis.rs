@@ -747,6 +747,50 @@ fn jobs_moved_by_a_fetch_whose_reply_was_lost_run_once_each() {
     );
 }
 
+#[test]
+fn a_resent_ack_removes_only_its_own_delivery_of_an_identical_payload() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port);
+    let dir = temp_dir();
+    // Two deliveries of the same bytes: the first to start succeeds at
+    // once; the other waits for the file `go`, then fails (and has one retry).
+    let twin = script(
+        dir.path(),
+        "twin.sh",
+        r#"echo run >> "$1/runs"; mkdir "$1/lock" 2>/dev/null && exit 0
+while [ ! -f "$1/go" ]; do sleep 0.05; done; exit 1"#,
+    );
+    let cfg = config(&redis, "", &[&twin], 2).replace(&redis.url(), &proxy.url());
+    let g = Goworker::start(dir.path(), &cfg);
+    assert!(wait_until(LONG, || g
+        .log_text()
+        .contains("connected to redis")));
+    // The first ack's pipeline reaches Redis, its reply is lost, and the
+    // ack thread sends it again.
+    proxy.cut_on(b"LREM");
+    let job = serde_json::json!({
+        "id": "twin", "type": "cli", "retries": 1,
+        "params": {"command": twin, "params": [dir.path()]}
+    })
+    .to_string();
+    redis.q(&["LPUSH", "job_list", &job]);
+    redis.q(&["LPUSH", "job_list", &job]);
+    assert!(wait_until(LONG, || proxy.cuts() == 1), "{}", g.log_text());
+    let runs = || lines(&dir.path().join("runs")).len();
+    assert!(wait_until(LONG, || runs() == 2));
+    std::fs::write(dir.path().join("go"), "").expect("flag");
+    // The waiting twin fails, is still held, and so gets its retry and then
+    // its dead letter.
+    assert!(
+        wait_until(LONG, || dead_records(&redis, "job_list").len() == 1),
+        "{}",
+        g.log_text()
+    );
+    assert_eq!(runs(), 3);
+    assert_eq!(dead_records(&redis, "job_list")[0]["attempts"], 2);
+    assert!(wait_until(LONG, || processing(&redis, "job_list").is_empty()));
+}
+
 /// `wait.sh FLAG ID OUT`: waits for the file FLAG, then records ID.
 fn gate_script(dir: &Path) -> PathBuf {
     script(
