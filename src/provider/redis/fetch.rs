@@ -323,7 +323,7 @@ impl Fetcher {
                 continue; // not from the fetch script: cannot happen
             };
             let seq = d.seq;
-            let payload_at = raw.len() - d.entry.payload.len();
+            let payload_at = raw.len().saturating_sub(d.entry.payload.len());
             let id = || match d.entry.origin {
                 Some(origin) => origin.to_string(),
                 None => stamp::delivery_id(&self.tag, seq),

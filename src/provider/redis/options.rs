@@ -14,13 +14,13 @@ pub(crate) struct RedisOptions {
     pub queues: Vec<String>,
     /// Connections in the pool (one each for fetch, acks and upkeep, plus spares); at least 3. Default 4.
     pub pool_size: u32,
-    /// Most jobs moved in one round trip when a queue is deep. Default 1000.
+    /// Most jobs moved in one round trip when a queue is deep; 1 to 100000. Default 1000.
     pub fetch_batch: usize,
     /// Most payload bytes moved in one round trip (one larger job is still taken alone). Default 4194304 (4 MiB).
     pub fetch_max_bytes: u64,
-    /// How often this process records that it is alive. Default `2s`.
+    /// How often this process records that it is alive; at most 24h. Default `2s`.
     pub heartbeat: String,
-    /// A consumer silent this long is dead: its jobs go back to the queue. Default `30s`.
+    /// A consumer silent this long is dead: its jobs go back to the queue; at most 24h. Default `30s`.
     pub orphan_after: String,
     /// Jobs whose consumer died while holding them more than this many times are dead-lettered as poison pills. Default 3.
     pub max_recoveries: u32,
@@ -69,10 +69,14 @@ pub(super) struct Settings {
 /// Most jobs in one fetch: bounds the script's work and its reply.
 const MAX_FETCH_BATCH: usize = 100_000;
 
+/// Longest `heartbeat` or `orphan_after`: keeps every time computed from
+/// them far from overflowing.
+const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
 fn duration(key: &str, v: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(v).map_err(|e| format!("{key}: {v:?}: {e}"))?;
-    if d.is_zero() {
-        return Err(format!("{key}: must be more than 0"));
+    if d.is_zero() || d > MAX_PERIOD {
+        return Err(format!("{key}: more than 0 and at most 24h"));
     }
     Ok(d)
 }
@@ -109,7 +113,7 @@ impl Settings {
         }
         let heartbeat = duration("heartbeat", &o.heartbeat)?;
         let orphan_after = duration("orphan_after", &o.orphan_after)?;
-        if orphan_after < heartbeat * 2 {
+        if orphan_after < heartbeat.saturating_mul(2) {
             return Err(format!(
                 "orphan_after: must be at least twice heartbeat ({})",
                 o.heartbeat
@@ -240,6 +244,9 @@ mod tests {
         assert!(bad(|o| o.pool_size = 1).starts_with("pool_size:"));
         assert!(bad(|o| o.heartbeat = "soon".into()).starts_with("heartbeat:"));
         assert!(bad(|o| o.orphan_after = "1s".into()).starts_with("orphan_after:"));
+        assert!(bad(|o| o.heartbeat = "100000000years".into()).starts_with("heartbeat:"));
+        assert!(bad(|o| o.fetch_batch = 1_000_000).starts_with("fetch_batch:"));
+        assert!(bad(|o| o.fetch_max_bytes = 0).starts_with("fetch_max_bytes:"));
         assert!(bad(|o| o.rate_limit = -1.0).starts_with("rate_limit:"));
         assert!(Settings::from_options("r", RedisOptions::default()).is_ok());
     }
