@@ -282,6 +282,30 @@ pub fn threads_named(pid: u32, prefix: &str) -> usize {
         .count()
 }
 
+/// Thread ids of process `pid` whose name starts with `prefix`.
+pub fn thread_ids(pid: u32, prefix: &str) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end().starts_with(prefix))
+        })
+        .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Sends `sig` to one thread of process `pid` (tgkill(2)): its handler
+/// runs on that thread, as the kernel may choose for a process signal.
+pub fn signal_thread(pid: u32, tid: i32, sig: i32) {
+    // SAFETY: tgkill takes plain integers; an exited thread is ESRCH.
+    unsafe {
+        libc::syscall(libc::SYS_tgkill, pid as libc::c_int, tid, sig);
+    }
+}
+
 /// A RESP reply, read fully (arrays included).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resp {
