@@ -13,8 +13,8 @@
 //! short and grows to 1 s while idle, so lower queues are still looked at
 //! without busy-polling an idle Redis.
 //!
-//! Delivery ids are `<tag>.<n>`, `n` counting up per process; each fetch
-//! reserves its range of `n` before it is sent. When a fetch fails (its
+//! Deliveries are numbered, counting up per process; each fetch reserves
+//! its range of numbers before it is sent. When a fetch fails (its
 //! reply may have been lost after Redis ran it), the next round first reads
 //! the processing list back and hands on exactly the deliveries of the
 //! failed ranges: the ones already handed on are never delivered twice.
@@ -24,7 +24,7 @@ use super::conn::{self, Backoff, Conn, Fail, Redis};
 use super::keys::Keys;
 use super::options::Settings;
 use super::scripts::{FETCH, HEARTBEAT};
-use super::stamp::{self, RS};
+use super::stamp;
 use crate::job::Job;
 use crate::provider::{Delivery, ProviderContext};
 use crossbeam_channel::Sender;
@@ -32,9 +32,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Delivery numbers stay below this, so that Lua (whose numbers are
-/// doubles printed with 14 digits) writes them exactly; past it the
-/// process takes a new tag and starts again from 1.
-const SEQ_LIMIT: u64 = 10_000_000_000_000;
+/// doubles printed with 14 significant digits) writes them exactly; past
+/// it (a hundred trillion deliveries of one process) they start again
+/// from 1.
+const SEQ_LIMIT: u64 = 100_000_000_000_000;
 /// Most deliveries read back from a processing list after a failed fetch.
 const RECLAIM_SCAN: usize = 100_000;
 
@@ -48,10 +49,8 @@ pub(super) struct Fetcher {
     limiter: Option<RateLimiter>,
     idle_wait: f64,
     server_checked: bool,
-    /// The tag of this process's delivery ids, and the stamp prefix
-    /// `RS <tag> .` the fetch script puts before each number.
+    /// The tag of this process's delivery ids.
     tag: String,
-    prefix: Vec<u8>,
     /// The last delivery number reserved.
     seq: u64,
     /// Ranges `(queue, first, last)` of delivery numbers reserved by
@@ -82,7 +81,6 @@ impl Fetcher {
             limiter,
             idle_wait: IDLE_MIN,
             server_checked: false,
-            prefix: stamp_prefix(&tag),
             tag,
             seq: 0,
             unsettled: Vec::new(),
@@ -136,10 +134,7 @@ impl Fetcher {
     fn reserve(&mut self, n: usize) -> u64 {
         let n = u64::try_from(n).unwrap_or(u64::MAX);
         if self.seq.saturating_add(n) >= SEQ_LIMIT {
-            // Never in practice (ten trillion deliveries); a new tag keeps
-            // every delivery id unique without larger numbers.
-            self.tag = ulid::Ulid::generate().to_string();
-            self.prefix = stamp_prefix(&self.tag);
+            // Deliveries that old are long settled.
             self.seq = 0;
             if let Ok(mut s) = self.settled.lock() {
                 *s = Default::default();
@@ -178,7 +173,6 @@ impl Fetcher {
                 .key(&q.processing)
                 .arg(n)
                 .arg(base)
-                .arg(&self.prefix)
                 .arg(self.s.fetch_max_bytes)
                 .invoke(&mut **conn)?;
             got.extend(items.into_iter().map(|raw| (i, raw)));
@@ -241,10 +235,7 @@ impl Fetcher {
             let mut found = 0;
             // Newest first in the list: hand on oldest first.
             for raw in held.into_iter().rev() {
-                let Some(seq) = stamp::stamped(&raw)
-                    .filter(|d| d.tag == self.tag.as_bytes())
-                    .map(|d| d.seq)
-                else {
+                let Some(seq) = stamp::stamped(&raw).map(|d| d.seq) else {
                     continue;
                 };
                 if self
@@ -344,14 +335,6 @@ impl Fetcher {
             }
         }
     }
-}
-
-/// `RS <tag> .`: what the fetch script puts before a delivery's number.
-fn stamp_prefix(tag: &str) -> Vec<u8> {
-    let mut p = vec![RS];
-    p.extend_from_slice(tag.as_bytes());
-    p.push(b'.');
-    p
 }
 
 const IDLE_MIN: f64 = 0.05;

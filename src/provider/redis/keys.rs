@@ -26,14 +26,16 @@ pub(super) struct QueueKeys {
 #[derive(Debug)]
 pub(super) struct Keys {
     pub(super) consumer: String,
-    /// A ULID chosen at start: `<tag>.<n>` names this process's n-th delivery.
+    /// The ULID that ends the consumer id: `<tag>.<n>` is the id of this
+    /// process's n-th delivery (the id a job without one is given).
     pub(super) tag: String,
     pub(super) queues: Vec<QueueKeys>,
 }
 
 impl Keys {
     pub(super) fn new(s: &Settings) -> Keys {
-        let consumer = consumer_id();
+        let tag = ulid::Ulid::generate().to_string();
+        let consumer = consumer_id(&tag);
         let queues = s
             .queues
             .iter()
@@ -41,7 +43,7 @@ impl Keys {
             .collect();
         Keys {
             consumer,
-            tag: ulid::Ulid::generate().to_string(),
+            tag,
             queues,
         }
     }
@@ -62,15 +64,15 @@ impl QueueKeys {
     }
 }
 
-/// Unique per process start: host, pid and a random suffix.
-fn consumer_id() -> String {
+/// Unique per process start: host, pid and `tag` (a ULID). The scripts
+/// read the tag back as what follows the last `:`.
+fn consumer_id(tag: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
-    let suffix: u32 = rand::random();
-    format!("{host}:{}:{suffix:08x}", std::process::id())
+    format!("{host}:{}:{tag}", std::process::id())
 }
 
 #[cfg(test)]
@@ -82,6 +84,6 @@ mod tests {
         let k = QueueKeys::new("jobs[1]", "h:1:ab");
         assert_eq!(k.processing, "jobs[1]:processing:h:1:ab");
         assert_eq!(k.processing_prefix, "jobs[1]:processing:");
-        assert_ne!(consumer_id(), consumer_id());
+        assert!(consumer_id("01TAG").ends_with(":01TAG"));
     }
 }

@@ -9,11 +9,15 @@ use std::sync::LazyLock;
 
 /// Lua helpers shared by the scripts that take deliveries apart.
 ///
-/// `unstamp(v)` returns the delivery id and the queue entry of a stamped
-/// delivery (`nil, v` for anything else); `carried(entry)` returns the
-/// job id, recoveries and payload of a carried entry (`nil, 0, entry` for
-/// a plain payload).
+/// `unstamp(v)` returns the delivery number and the queue entry of a
+/// stamped delivery (`nil, v` for anything else); `carried(entry)` returns
+/// the job id, recoveries and payload of a carried entry (`nil, 0, entry`
+/// for a plain payload); `tag(consumer)` is the ULID that ends a consumer
+/// id, so that `tag .. '.' .. n` is a delivery id.
 const HELPERS: &str = r"
+local function tag(consumer)
+  return string.match(consumer, '([^:]*)$')
+end
 local function unstamp(v)
   if string.byte(v, 1) == 30 then
     local p = string.find(v, '\30', 2, true)
@@ -39,9 +43,8 @@ end
 
 /// Takes up to `ARGV[1]` entries from the right of `KEYS[1]` (the queue),
 /// oldest first, stopping before the one that would bring the batch over
-/// `ARGV[4]` bytes (at least one is taken; the rest go back where they
-/// were). Each is stamped `RS <ARGV[3]><ARGV[2] + i> RS <entry>`
-/// (`ARGV[3]` is `RS` and the consumer tag with a dot) and pushed to the
+/// `ARGV[3]` bytes (at least one is taken; the rest go back where they
+/// were). Each is stamped `RS <ARGV[2] + i> RS <entry>` and pushed to the
 /// left of `KEYS[2]` (the processing list). Returns the stamped deliveries.
 /// Two commands per batch, not per job: `RPOP` with a count, one `LPUSH`
 /// per thousand.
@@ -50,7 +53,7 @@ pub(super) static FETCH: LazyLock<Script> = LazyLock::new(|| {
         r"
 local items = redis.call('RPOP', KEYS[1], tonumber(ARGV[1]))
 if not items then return {} end
-local seq, prefix, cap = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local seq, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out, total, n = {}, 0, #items
 for i = 1, n do
   local v = items[i]
@@ -59,7 +62,7 @@ for i = 1, n do
     for j = n, i, -1 do redis.call('RPUSH', KEYS[1], items[j]) end
     break
   end
-  out[i] = prefix .. (seq + i) .. '\30' .. v
+  out[i] = '\30' .. (seq + i) .. '\30' .. v
 end
 for a = 1, #out, 1000 do
   redis.call('LPUSH', KEYS[2], unpack(out, a, math.min(a + 999, #out)))
@@ -139,7 +142,7 @@ while true do
   k = k + 1
   local did, entry = unstamp(v)
   local origin, n, payload = carried(entry)
-  origin = origin or did or (ARGV[1] .. '.' .. k)
+  origin = origin or (tag(ARGV[1]) .. '.' .. (did or ('x' .. k)))
   n = n + 1
   if n > max then
     local rec = {raw = payload, attempts = 0, provider = ARGV[4], failed_at = now,
@@ -183,7 +186,7 @@ while true do
   if did and string.byte(entry, 1) ~= 31 and not own_id(entry) then
     local ok, job = pcall(cjson.decode, entry)
     if ok and type(job) == 'table' then
-      entry = '\31' .. did .. '\31' .. 0 .. '\30' .. entry
+      entry = '\31' .. tag(ARGV[1]) .. '.' .. did .. '\31' .. 0 .. '\30' .. entry
     end
   end
   redis.call('RPUSH', KEYS[2], entry)

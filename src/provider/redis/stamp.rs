@@ -1,11 +1,13 @@
 //! The bytes goworker keeps in Redis around a producer's payload.
 //!
-//! - In a processing list every delivery is stamped: `RS <delivery id> RS
-//!   <entry>`, where `<entry>` is what was taken from the queue and the
-//!   delivery id is `<consumer tag>.<sequence>` (the tag is a ULID chosen
-//!   per process start, the sequence counts up). No two deliveries share
-//!   their bytes, so an ack (`LREM`) removes exactly its own delivery, and a
-//!   resent ack removes nothing.
+//! - In a processing list every delivery is stamped: `RS <n> RS <entry>`,
+//!   where `<entry>` is what was taken from the queue and `n` counts this
+//!   process's deliveries (a processing list belongs to one process start,
+//!   so `n` alone tells its deliveries apart; the delivery id is
+//!   `<tag>.<n>`, the tag being the ULID that ends the consumer id). No two
+//!   deliveries share their bytes, so an ack (`LREM`) removes exactly its
+//!   own delivery, and a resent ack removes nothing. The stamp costs a few
+//!   bytes per job.
 //! - In a queue an entry is either a producer's payload, as pushed, or, for
 //!   a job that was recovered from a dead process (or handed back without
 //!   an id of its own), a carried entry: `US <job id> US <recoveries> RS
@@ -25,9 +27,7 @@ pub(super) const US: u8 = 0x1f;
 /// A delivery as it sits in a processing list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Stamped<'a> {
-    /// The consumer tag of the process that fetched it.
-    pub(super) tag: &'a [u8],
-    /// Its sequence number within that process.
+    /// Its number within the process that fetched it.
     pub(super) seq: u64,
     /// The entry as it was in the queue.
     pub(super) entry: Entry<'a>,
@@ -49,11 +49,9 @@ pub(super) struct Entry<'a> {
 pub(super) fn stamped(raw: &[u8]) -> Option<Stamped<'_>> {
     let rest = raw.strip_prefix(&[RS])?;
     let end = rest.iter().position(|&b| b == RS)?;
-    let (did, entry) = (&rest[..end], &rest[end + 1..]);
-    let dot = did.iter().rposition(|&b| b == b'.')?;
-    let seq = std::str::from_utf8(&did[dot + 1..]).ok()?.parse().ok()?;
+    let (n, entry) = (&rest[..end], &rest[end + 1..]);
+    let seq = std::str::from_utf8(n).ok()?.parse().ok()?;
     Some(Stamped {
-        tag: &did[..dot],
         seq,
         entry: self::entry(entry),
     })
@@ -106,16 +104,16 @@ mod tests {
 
     #[test]
     fn stamped_fresh_and_carried() {
-        let s = stamped(b"\x1eTAG.42\x1e{\"type\":\"noop\"}").unwrap();
-        assert_eq!((s.tag, s.seq), (&b"TAG"[..], 42));
+        let s = stamped(b"\x1e42\x1e{\"type\":\"noop\"}").unwrap();
+        assert_eq!(s.seq, 42);
         assert_eq!(s.entry.origin, None);
         assert_eq!(s.entry.payload, b"{\"type\":\"noop\"}");
-        let s = stamped(b"\x1eT.7\x1e\x1fT0.3\x1f2\x1e{}").unwrap();
+        let s = stamped(b"\x1e7\x1e\x1fT0.3\x1f2\x1e{}").unwrap();
         assert_eq!(s.entry.origin, Some("T0.3"));
         assert_eq!(s.entry.recoveries, 2);
         assert_eq!(s.entry.payload, b"{}");
         assert!(stamped(b"{}").is_none());
-        assert!(stamped(b"\x1eT.x\x1e{}").is_none());
+        assert!(stamped(b"\x1eT.1\x1e{}").is_none());
         // A damaged carried header leaves the whole entry as the payload.
         let e = entry(b"\x1fid\x1fmany\x1e{}");
         assert_eq!((e.origin, e.payload), (None, &b"\x1fid\x1fmany\x1e{}"[..]));
@@ -143,7 +141,7 @@ mod tests {
         }
 
         #[test]
-        fn stamps_round_trip(tag in "[0-9A-Z]{1,26}", seq in any::<u64>(),
+        fn stamps_round_trip(seq in any::<u64>(),
                              origin in "[0-9A-Z.]{1,30}", n in any::<u64>(),
                              payload in proptest::collection::vec(any::<u8>(), 0..40)) {
             let mut carried = vec![US];
@@ -153,11 +151,10 @@ mod tests {
             carried.push(RS);
             carried.extend_from_slice(&payload);
             let mut raw = vec![RS];
-            raw.extend_from_slice(delivery_id(&tag, seq).as_bytes());
+            raw.extend_from_slice(seq.to_string().as_bytes());
             raw.push(RS);
             raw.extend_from_slice(&carried);
             let s = stamped(&raw).unwrap();
-            prop_assert_eq!(s.tag, tag.as_bytes());
             prop_assert_eq!(s.seq, seq);
             prop_assert_eq!(s.entry.origin, Some(origin.as_str()));
             prop_assert_eq!(s.entry.recoveries, n);
