@@ -4,11 +4,12 @@
 //! them as one `MULTI` pipeline (one round trip for hundreds of acks), and
 //! keeps them through a lost connection until Redis is back.
 //!
-//! An ack is `LREM processing -1 <stamped delivery>`: the search starts at
-//! the tail, where the oldest jobs are, so its cost does not grow with the
-//! list, and the stamp (see [`super::stamp`]) makes it remove exactly its
-//! own delivery: a pipeline resent after a lost reply removes nothing
-//! else. Defer and dead go through [`SETTLE`], which stores the job only
+//! Acks go as one [`ACK`] script call per queue and batch: the acked
+//! deliveries found at the tail of the processing list, where the oldest
+//! jobs are, are cut off with one `LTRIM`; any other is removed with
+//! `LREM processing -1 <stamped delivery>`. The stamp (see
+//! [`super::stamp`]) makes each removal exact: a pipeline resent after a
+//! lost reply removes nothing else. Defer and dead go through [`SETTLE`], which stores the job only
 //! if the delivery was still held, so a resent pipeline changes nothing
 //! twice.
 //!
@@ -20,7 +21,7 @@
 use super::conn::{self, Backoff, Conn, Fail, Redis};
 use super::keys::Keys;
 use super::options::Settings;
-use super::scripts::SETTLE;
+use super::scripts::{ACK, SETTLE};
 use crate::error::Error;
 use crate::job::{FailureRecord, Job, Report, time_to_unix};
 use crate::provider::{Acker, ProviderContext};
@@ -302,6 +303,21 @@ impl AckWriter {
     fn flush(&mut self, batch: &[AckCmd]) -> Result<(), Fail> {
         let mut pipe = redis::pipe();
         pipe.atomic();
+        // Acks: one script call per queue for the whole batch.
+        for (i, q) in self.keys.queues.iter().enumerate() {
+            let mut acks = batch
+                .iter()
+                .filter(|c| c.queue == i && matches!(c.what, Settle::Ack))
+                .peekable();
+            if acks.peek().is_none() {
+                continue;
+            }
+            let cmd = pipe.cmd("EVAL").arg(ACK).arg(1).arg(&q.processing);
+            for c in acks {
+                cmd.arg(&c.raw);
+            }
+            cmd.ignore();
+        }
         for c in batch {
             self.add(&mut pipe, c);
         }
@@ -339,14 +355,7 @@ impl AckWriter {
     fn add(&self, pipe: &mut redis::Pipeline, c: &AckCmd) {
         let q = &self.keys.queues[c.queue];
         let (target, what, value, n) = match &c.what {
-            Settle::Ack => {
-                pipe.cmd("LREM")
-                    .arg(&q.processing)
-                    .arg(-1)
-                    .arg(&c.raw)
-                    .ignore();
-                return;
-            }
+            Settle::Ack => return, // see `flush`
             Settle::Defer { job, due } => (&q.delayed, "defer", job, due.to_string()),
             Settle::Dead { record } => {
                 (&q.dead, "dead", record, self.s.dead_letter_max.to_string())

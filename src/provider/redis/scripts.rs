@@ -210,6 +210,27 @@ return 0
     )
 });
 
+/// Removes the stamped deliveries in `ARGV` from `KEYS[1]` (a processing
+/// list). Jobs mostly finish in the order they were fetched, so the acked
+/// ones are mostly the oldest, at the right end: those are cut off with
+/// one `LTRIM`; the others are removed one by one with `LREM` from the
+/// right. A delivery no longer there is skipped (a resent batch).
+pub(super) const ACK: &str = r"
+local want, n = {}, #ARGV
+for i = 1, n do want[ARGV[i]] = true end
+local tail = redis.call('LRANGE', KEYS[1], -n, -1)
+local cut = 0
+for i = #tail, 1, -1 do
+  local v = tail[i]
+  if not want[v] then break end
+  want[v] = nil
+  cut = cut + 1
+end
+if cut > 0 then redis.call('LTRIM', KEYS[1], 0, -cut - 1) end
+for v in pairs(want) do redis.call('LREM', KEYS[1], -1, v) end
+return cut
+";
+
 /// Settles one delivery held in `KEYS[1]` (processing list) atomically:
 /// removes the stamped delivery `ARGV[1]` and, only if it was still there,
 /// stores `ARGV[3]` into `KEYS[2]` as `ARGV[2]` says: `defer` (sorted set,
