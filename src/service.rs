@@ -168,6 +168,10 @@ impl Service {
         let (done_tx, done_rx) = crossbeam_channel::bounded(limit);
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
         let (fail_tx, fail_rx) = crossbeam_channel::unbounded();
+        // Providers' way to the failure handlers; emptied once every
+        // provider has finished, so that a context a library user keeps
+        // (e.g. in a handle) does not hold the handlers' thread open.
+        let provider_failures = Arc::new(std::sync::Mutex::new(Some(fail_tx.clone())));
         let stopping = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
         let types: Arc<HashSet<String>> =
@@ -197,7 +201,7 @@ impl Service {
                 health: healths[i].clone(),
                 types: types.clone(),
                 stores: stores.clone(),
-                failures: fail_tx.clone(),
+                failures: provider_failures.clone(),
             };
             p.provider.open(&ctx)?;
             contexts.push(ctx);
@@ -276,6 +280,7 @@ impl Service {
             providers: provider_threads,
             finished: Some(finished_tx),
             failures: Some(failures),
+            provider_failures,
             stopping,
             stats_server,
         })
@@ -335,6 +340,7 @@ pub struct RunningService {
     providers: Vec<JoinHandle<()>>,
     finished: Option<Sender<()>>,
     failures: Option<JoinHandle<()>>,
+    provider_failures: Arc<std::sync::Mutex<Option<Sender<FailureRecord>>>>,
     stopping: Arc<AtomicBool>,
     stats_server: Option<StatsServer>,
 }
@@ -426,6 +432,9 @@ impl RunningService {
         drop(self.finished.take());
         for p in self.providers.drain(..) {
             let _ = p.join();
+        }
+        if let Ok(mut f) = self.provider_failures.lock() {
+            f.take();
         }
         if let Some(f) = self.failures.take() {
             let _ = f.join();

@@ -297,7 +297,7 @@ pub struct ProviderContext {
     pub(crate) stores: Arc<HashMap<String, Arc<dyn JobStore>>>,
     /// The failure handlers' queue, for dead letters a provider makes
     /// itself (e.g. poison pills found while recovering a dead process).
-    pub(crate) failures: Sender<FailureRecord>,
+    pub(crate) failures: Arc<Mutex<Option<Sender<FailureRecord>>>>,
 }
 
 impl std::fmt::Debug for ProviderContext {
@@ -409,7 +409,11 @@ impl ProviderContext {
     /// an [`Acker`]) to the failure handlers, like the manager does for
     /// every other dead letter.
     pub fn report_failure(&self, record: FailureRecord) {
-        let _ = self.failures.send(record);
+        if let Ok(f) = self.failures.lock() {
+            if let Some(f) = f.as_ref() {
+                let _ = f.send(record);
+            }
+        }
     }
 
     /// Whether a job `type` has a worker pool.
