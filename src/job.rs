@@ -95,6 +95,15 @@ impl Job {
     /// A [`Malformed`] with the raw text when the payload is not JSON, not
     /// an object, lacks `type`, or has a field of the wrong type.
     pub fn parse(payload: &[u8]) -> Result<Job, Malformed> {
+        Job::parse_or(payload, new_id)
+    }
+
+    /// Parses a payload; a job without an id gets `id()`, e.g. the id a
+    /// provider assigned when it first saw the job and keeps for it.
+    ///
+    /// # Errors
+    /// As [`Job::parse`].
+    pub fn parse_or(payload: &[u8], id: impl FnOnce() -> String) -> Result<Job, Malformed> {
         let malformed = |reason: String| Malformed {
             raw: String::from_utf8_lossy(payload).into_owned(),
             reason,
@@ -109,7 +118,7 @@ impl Job {
             return Err(malformed("invalid job: `type` is empty".into()));
         }
         if job.id.is_empty() {
-            job.id = new_id();
+            job.id = id();
         }
         Ok(job)
     }

@@ -174,6 +174,10 @@ impl Service {
         let (fail_tx, fail_thread) =
             crate::failure::queue(m.failure_queue, reader.failure_handlers_skipped());
         let fail_clock = fail_thread.waiter();
+        // Providers' way to the failure handlers; emptied once every
+        // provider has finished, so that a context a library user keeps
+        // (e.g. in a handle) does not hold the handlers' thread open.
+        let provider_failures = Arc::new(std::sync::Mutex::new(Some(fail_tx.clone())));
         let stopping = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
         let types: Arc<HashSet<String>> =
@@ -203,6 +207,7 @@ impl Service {
                 health: healths[i].clone(),
                 types: types.clone(),
                 stores: stores.clone(),
+                failures: provider_failures.clone(),
             };
             p.provider.open(&ctx)?;
             contexts.push(ctx);
@@ -286,6 +291,7 @@ impl Service {
                 done: fail_done,
                 clock: fail_clock,
             }),
+            provider_failures,
             stopping,
             stats_server,
         })
@@ -376,6 +382,7 @@ pub struct RunningService {
     providers: Vec<JoinHandle<()>>,
     finished: Option<Sender<()>>,
     failures: Option<FailureThread>,
+    provider_failures: Arc<std::sync::Mutex<Option<crate::failure::FailureQueue>>>,
     stopping: Arc<AtomicBool>,
     stats_server: Option<StatsServer>,
 }
@@ -467,6 +474,9 @@ impl RunningService {
         drop(self.finished.take());
         for p in self.providers.drain(..) {
             let _ = p.join();
+        }
+        if let Ok(mut f) = self.provider_failures.lock() {
+            f.take();
         }
         if let Some(f) = self.failures.take() {
             f.join();

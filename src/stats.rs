@@ -158,6 +158,14 @@ pub struct ProviderStats {
     /// Jobs waiting at its source (pending and delayed), when it reports it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_depth: Option<u64>,
+    /// Dead letters its store dropped, oldest first, to stay within its
+    /// bound (the redis provider's `dead_letter_max`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dead_letters_trimmed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Counters of the jobs of one type that came from one provider (the
@@ -411,6 +419,7 @@ impl Stats {
                     up: h.is_up(),
                     reason: h.reason(),
                     queue_depth: h.queue_depth(),
+                    dead_letters_trimmed: h.dead_letters_trimmed(),
                 },
             );
         }

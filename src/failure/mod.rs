@@ -151,7 +151,7 @@ impl Shared {
 /// `skipped` (`failure_handlers_skipped` in /stats,
 /// `goworker_failure_handler_skipped_total` in /metrics) and the manager
 /// never waits.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct FailureQueue {
     tx: Sender<FailureRecord>,
     shared: Arc<Shared>,

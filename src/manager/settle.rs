@@ -211,8 +211,14 @@ impl Loop {
         match (decision, outcome) {
             (Decision::Succeeded, Some(o)) => {
                 log::debug!(job_id = job.id.as_str(), job_type = job.job_type.as_str(); "job {} ({}): succeeded in {duration:?}", job.id, job.name());
-                f.acker
-                    .ack(&report(job, JobStatus::Succeeded, duration, now, o.output, None));
+                f.acker.ack(&report(
+                    job,
+                    JobStatus::Succeeded,
+                    duration,
+                    now,
+                    o.output,
+                    None,
+                ));
             }
             (Decision::Retry { wait, .. }, Some(o)) => self.retry(pool, job, f, o, wait, now),
             (Decision::Dead, Some(o)) => self.dead(job, f, o, duration, now),
@@ -271,7 +277,14 @@ impl Loop {
         job.last_error = Some(message.clone());
         let provider = self.provider_name(f.provider);
         let record = FailureRecord::for_job(provider, &job, &message, o.output.clone());
-        let report = report(job, JobStatus::Failed, duration, now, o.output, Some(message));
+        let report = report(
+            job,
+            JobStatus::Failed,
+            duration,
+            now,
+            o.output,
+            Some(message),
+        );
         f.acker.dead(&record, &report);
         self.send_to_failure_handlers(record);
     }

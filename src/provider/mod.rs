@@ -227,6 +227,9 @@ pub struct Health {
     depth: AtomicI64,
     /// A rate limit set on reload (f64 bits); `NO_RATE` while none.
     rate: AtomicU64,
+    /// Dead letters the provider's store dropped, oldest first, to stay
+    /// within its bound.
+    dead_trimmed: AtomicU64,
 }
 
 /// `Health::rate` while no rate limit was set on reload.
@@ -240,7 +243,14 @@ impl Health {
             reason: Mutex::new("starting".into()),
             depth: AtomicI64::new(-1),
             rate: AtomicU64::new(NO_RATE),
+            dead_trimmed: AtomicU64::new(0),
         }
+    }
+
+    /// Dead letters dropped (oldest first) to keep the provider's
+    /// dead-letter store within its bound, since start.
+    pub fn dead_letters_trimmed(&self) -> u64 {
+        self.dead_trimmed.load(Ordering::Relaxed)
     }
 
     /// The provider's name.
@@ -297,6 +307,9 @@ pub struct ProviderContext {
     pub(crate) health: Arc<Health>,
     pub(crate) types: Arc<HashSet<String>>,
     pub(crate) stores: Arc<HashMap<String, Arc<dyn JobStore>>>,
+    /// The failure handlers' queue, for dead letters a provider makes
+    /// itself (e.g. poison pills found while recovering a dead process).
+    pub(crate) failures: Arc<Mutex<Option<crate::failure::FailureQueue>>>,
 }
 
 impl std::fmt::Debug for ProviderContext {
@@ -391,6 +404,28 @@ impl ProviderContext {
     /// reload; a provider with a rate limit applies it when it changes.
     pub fn rate_limit(&self) -> Option<f64> {
         self.health.rate_limit()
+    }
+
+    /// Counts dead letters dropped (oldest first) to keep the provider's
+    /// dead-letter store within its bound; shown in `/stats`.
+    pub fn add_dead_letters_trimmed(&self, n: u64) {
+        self.health.dead_trimmed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Dead letters trimmed so far.
+    pub fn dead_letters_trimmed(&self) -> u64 {
+        self.health.dead_letters_trimmed()
+    }
+
+    /// Hands a dead-letter record the provider made itself (not through
+    /// an [`Acker`]) to the failure handlers, like the manager does for
+    /// every other dead letter.
+    pub fn report_failure(&self, record: FailureRecord) {
+        if let Ok(f) = self.failures.lock() {
+            if let Some(f) = f.as_ref() {
+                let _ = f.send(record);
+            }
+        }
     }
 
     /// Whether a job `type` has a worker pool.

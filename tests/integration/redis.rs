@@ -57,6 +57,26 @@ fn processing(redis: &Redis, queue: &str) -> Vec<String> {
         .collect()
 }
 
+/// The producer's payload inside a stamped delivery (`RS id RS entry`)
+/// or a carried queue entry (`US id US n RS payload`).
+fn payload(item: &str) -> &str {
+    let entry = match item.strip_prefix('\x1e') {
+        Some(rest) => rest.split_once('\x1e').map_or(rest, |(_, e)| e),
+        None => item,
+    };
+    match entry.strip_prefix('\x1f') {
+        Some(rest) => rest.split_once('\x1e').map_or(rest, |(_, p)| p),
+        None => entry,
+    }
+}
+
+/// The delivery number in a stamped delivery.
+fn delivery_id(item: &str) -> &str {
+    item.strip_prefix('\x1e')
+        .and_then(|rest| rest.split_once('\x1e'))
+        .map_or("", |(id, _)| id)
+}
+
 fn dead_records(redis: &Redis, queue: &str) -> Vec<serde_json::Value> {
     redis
         .lrange(&format!("{queue}:dead"))
@@ -104,6 +124,13 @@ fn lpush_producers_get_fifo_order_and_queues_are_served_by_priority() {
         g.log_text()
             .contains("maxmemory-policy is allkeys-lru, not noeviction")
     );
+    // Nor does the test server keep anything on disk: that is warned about too.
+    assert!(
+        g.log_text()
+            .contains("redis has neither AOF (appendonly no) nor RDB snapshots"),
+        "{}",
+        g.log_text()
+    );
 }
 
 #[test]
@@ -137,7 +164,7 @@ fn kill_9_of_one_process_loses_no_job_and_duplicates_only_what_it_held() {
         .lrange(&a_key)
         .iter()
         .map(|p| {
-            let v: serde_json::Value = serde_json::from_str(p).expect("job JSON");
+            let v: serde_json::Value = serde_json::from_str(payload(p)).expect("job JSON");
             v["id"].as_str().unwrap_or_default().to_string()
         })
         .collect();
@@ -680,39 +707,452 @@ fn enqueue_reads_one_job_per_line_from_stdin() {
 }
 
 #[test]
-fn jobs_moved_by_a_fetch_whose_reply_was_lost_are_not_stranded() {
+fn jobs_moved_by_a_fetch_whose_reply_was_lost_run_once_each() {
     let redis = Redis::start();
+    let proxy = Proxy::start(redis.port);
     let dir = temp_dir();
     let rec = record_script(dir.path());
     let out = dir.path().join("out.txt");
-    let cfg = config(&redis, "", &[&rec], 1);
+    // An odd fetch_max_bytes marks the fetch requests.
+    let cfg = config(&redis, "    fetch_max_bytes: 7654321\n", &[&rec], 2)
+        .replace(&redis.url(), &proxy.url());
     let g = Goworker::start(dir.path(), &cfg);
     assert!(wait_until(LONG, || redis
         .q(&["ZCARD", "job_list:consumers"])
         .int()
         == 1));
-    let consumer = redis
-        .q(&["ZRANGE", "job_list:consumers", "0", "-1"])
-        .strings()[0]
-        .clone();
-    // What Redis does for a fetch whose reply never reaches goworker: the
-    // jobs are in its processing list, and then the connection breaks.
-    let list = format!("job_list:processing:{consumer}");
-    for id in ["lost-0", "lost-1", "lost-2"] {
-        redis.q(&["LPUSH", &list, &record_job(&rec, id, &out)]);
-    }
-    redis.q(&["CLIENT", "KILL", "TYPE", "normal"]);
-    assert!(
-        wait_until(LONG, || ids(&out) == ["lost-0", "lost-1", "lost-2"]),
-        "{:?}\n{}",
-        ids(&out),
-        g.log_text()
-    );
-    assert!(wait_until(LONG, || redis.llen(&list) == 0));
-    assert!(
-        g.log_text()
+    // The next fetch request reaches Redis, which runs it; its reply is
+    // lost with the connection. Should the cut catch an idle fetch that
+    // found nothing (pushing is not atomic with arming), go again.
+    let mut all: Vec<String> = Vec::new();
+    for round in 0..5 {
+        proxy.cut_on(b"7654321");
+        for i in 0..20 {
+            let id = format!("lost-{round}-{i}");
+            redis.q(&["LPUSH", "job_list", &record_job(&rec, &id, &out)]);
+            all.push(id);
+        }
+        assert!(
+            wait_until(LONG, || proxy.cuts() == round + 1),
+            "{}",
+            g.log_text()
+        );
+        assert!(
+            wait_until(LONG, || ids(&out).len() >= all.len()),
+            "{:?}\n{}",
+            ids(&out),
+            g.log_text()
+        );
+        if g.log_text()
             .contains("before the connection broke are delivered now")
+        {
+            break;
+        }
+    }
+    assert!(wait_until(LONG, || processing(&redis, "job_list").is_empty()));
+    let mut ran = ids(&out);
+    ran.sort();
+    let mut want = all.clone();
+    want.sort();
+    assert_eq!(ran, want, "each exactly once");
+    assert!(
+        g.log_text()
+            .contains("before the connection broke are delivered now"),
+        "{}",
+        g.log_text()
     );
+}
+
+#[test]
+fn a_resent_ack_removes_only_its_own_delivery_of_an_identical_payload() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port);
+    let dir = temp_dir();
+    // Two deliveries of the same bytes: the first to start succeeds at
+    // once; the other waits for the file `go`, then fails (and has one retry).
+    let twin = script(
+        dir.path(),
+        "twin.sh",
+        r#"echo run >> "$1/runs"; mkdir "$1/lock" 2>/dev/null && exit 0
+while [ ! -f "$1/go" ]; do sleep 0.05; done; exit 1"#,
+    );
+    let cfg = config(&redis, "", &[&twin], 2).replace(&redis.url(), &proxy.url());
+    let g = Goworker::start(dir.path(), &cfg);
+    assert!(wait_until(LONG, || g
+        .log_text()
+        .contains("connected to redis")));
+    // The first ack's pipeline reaches Redis, its reply is lost, and the
+    // ack thread sends it again.
+    proxy.cut_on(b"LREM");
+    let job = serde_json::json!({
+        "id": "twin", "type": "cli", "retries": 1,
+        "params": {"command": twin, "params": [dir.path()]}
+    })
+    .to_string();
+    redis.q(&["LPUSH", "job_list", &job]);
+    redis.q(&["LPUSH", "job_list", &job]);
+    assert!(wait_until(LONG, || proxy.cuts() == 1), "{}", g.log_text());
+    let runs = || lines(&dir.path().join("runs")).len();
+    assert!(wait_until(LONG, || runs() == 2));
+    std::fs::write(dir.path().join("go"), "").expect("flag");
+    // The waiting twin fails, is still held, and so gets its retry and then
+    // its dead letter.
+    assert!(
+        wait_until(LONG, || dead_records(&redis, "job_list").len() == 1),
+        "{}",
+        g.log_text()
+    );
+    assert_eq!(runs(), 3);
+    assert_eq!(dead_records(&redis, "job_list")[0]["attempts"], 2);
+    assert!(wait_until(LONG, || processing(&redis, "job_list").is_empty()));
+}
+
+/// `wait.sh FLAG ID OUT`: waits for the file FLAG, then records ID.
+fn gate_script(dir: &Path) -> PathBuf {
+    script(
+        dir,
+        "wait.sh",
+        // Gives up when goworker is gone (kill -9 leaves its jobs running).
+        r#"while [ ! -f "$1" ]; do sleep 0.05; kill -0 $PPID 2>/dev/null || exit 1; done; echo "$2 $(date +%s.%N)" >> "$3""#,
+    )
+}
+
+fn gate_job(gate: &Path, flag: &Path, id: &str, out: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "type": "cli",
+        "params": {"command": gate, "params": [flag, id, out]}
+    })
+}
+
+#[test]
+fn a_settled_job_that_redis_brings_back_after_a_restart_does_not_run_again() {
+    // Redis restarts from an older snapshot: the processing list holds a
+    // job again that this process already ran and acked.
+    let port = free_port();
+    let redis = Redis::start_on(port, temp_dir());
+    let dir = temp_dir();
+    let gate = gate_script(dir.path());
+    let flag = dir.path().join("go");
+    let out = dir.path().join("out.txt");
+    let g = Goworker::start(dir.path(), &config(&redis, "", &[&gate], 1));
+    let j1 = gate_job(&gate, &flag, "j1", &out).to_string();
+    redis.q(&["LPUSH", "job_list", &j1]);
+    assert!(wait_until(LONG, || processing(&redis, "job_list").len() == 1));
+    redis.q(&["SAVE"]);
+    std::fs::write(&flag, "").expect("flag");
+    assert!(wait_until(LONG, || ids(&out) == ["j1"]));
+    assert!(wait_until(LONG, || processing(&redis, "job_list").is_empty()));
+    let data = redis.stop();
+    let redis = Redis::start_on(port, data);
+    // The snapshot holds j1 in the processing list again.
+    assert_eq!(processing(&redis, "job_list").len(), 1);
+    let j2 = gate_job(&gate, &flag, "j2", &out).to_string();
+    redis.q(&["LPUSH", "job_list", &j2]);
+    assert!(
+        wait_until(LONG, || ids(&out).len() >= 2),
+        "{}",
+        g.log_text()
+    );
+    // Its ack is stored again; it does not run again.
+    assert!(
+        wait_until(LONG, || processing(&redis, "job_list").is_empty()),
+        "{}",
+        g.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ids(&out), ["j1", "j2"], "{}", g.log_text());
+    assert!(g.log_text().contains("settled job(s) again"));
+}
+
+#[test]
+fn identical_payloads_without_an_id_are_recovered_each_on_its_own_count_and_keep_their_ids() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let gate = gate_script(dir.path());
+    let flag = dir.path().join("go");
+    let out = dir.path().join("out.txt");
+    // Ten copies of one payload, no id.
+    let same = serde_json::json!({
+        "type": "cli", "params": {"command": gate, "params": [flag, "same", out]}
+    })
+    .to_string();
+    for _ in 0..10 {
+        redis.q(&["LPUSH", "job_list", &same]);
+    }
+    let cfg = config(&redis, "    max_recoveries: 1\n", &[&gate], 10);
+    let dir_a = temp_dir();
+    let mut a = Goworker::start(dir_a.path(), &cfg);
+    assert!(wait_until(LONG, || a
+        .log_text()
+        .matches("attempt 1 on pool cli")
+        .count()
+        == 10));
+    let held = processing(&redis, "job_list");
+    assert_eq!(held.len(), 1);
+    // Each delivery is told apart by its stamp; the ids A gave them.
+    let stamped = redis.lrange(&held[0]);
+    // A's consumer id ends with its tag; a delivery id is `<tag>.<n>`.
+    let tag = held[0].rsplit(':').next().unwrap_or_default();
+    let dids: HashSet<String> = stamped
+        .iter()
+        .map(|s| format!("{tag}.{}", delivery_id(s)))
+        .collect();
+    assert_eq!(dids.len(), 10, "{stamped:?}");
+    a.sigkill();
+    std::fs::write(&flag, "").expect("flag");
+    let dir_b = temp_dir();
+    let b = Goworker::start(dir_b.path(), &cfg);
+    assert!(
+        wait_until(LONG, || ids(&out).len() >= 10),
+        "{}",
+        b.log_text()
+    );
+    assert!(wait_until(LONG, || processing(&redis, "job_list").is_empty()));
+    // One crash each: none of them is a poison pill.
+    assert!(dead_records(&redis, "job_list").is_empty());
+    assert_eq!(ids(&out).len(), 10);
+    // B ran each under the id A gave it at its first fetch.
+    let log = b.log_text();
+    for did in &dids {
+        assert!(log.contains(&format!("job {did} (")), "{did}\n{log}");
+    }
+}
+
+#[test]
+fn poison_pills_reach_the_failure_handlers_and_trimmed_dead_letters_are_counted() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let failures = dir.path().join("failures.jsonl");
+    let killer = script(dir.path(), "killer.sh", "kill -9 $PPID; sleep 5");
+    let stats = free_port();
+    let cfg = config(
+        &redis,
+        "    max_recoveries: 0\n    dead_letter_max: 2\n",
+        &[&killer],
+        1,
+    )
+    .replace(
+        "stats_listen: null",
+        &format!("stats_listen: 127.0.0.1:{stats}"),
+    ) + &format!("failure_handlers:\n  - type: file\n    path: {failures:?}\n");
+    // Two old records fill the dead letters up to dead_letter_max.
+    for n in 0..2 {
+        let old = format!(r#"{{"id":"old-{n}","error":"e","attempts":0,"failed_at":1}}"#);
+        redis.q(&["LPUSH", "job_list:dead", &old]);
+    }
+    let pill = serde_json::json!({"type": "cli", "params": {"command": killer}}).to_string();
+    redis.q(&["LPUSH", "job_list", &pill]);
+    let mut g = Goworker::start(dir.path(), &cfg);
+    assert!(wait_until(LONG, || g
+        .child
+        .try_wait()
+        .ok()
+        .flatten()
+        .is_some()));
+    let g2 = Goworker::start(dir.path(), &cfg);
+    // The next process recovers it as a poison pill: into the dead letters
+    // (the oldest trimmed) and to the failure handler.
+    assert!(
+        wait_until(LONG, || lines(&failures).len() == 1),
+        "{}",
+        g2.log_text()
+    );
+    let rec: serde_json::Value = serde_json::from_str(&lines(&failures)[0]).expect("record");
+    assert!(rec["error"].as_str().unwrap_or("").contains("poison pill"));
+    assert_eq!(rec["raw"], pill);
+    let dead = dead_records(&redis, "job_list");
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0]["id"], rec["id"]);
+    assert_eq!(dead[1]["id"], "old-1");
+    assert!(g2.log_text().contains("old dead letter(s) trimmed"));
+    // A dead letter through the ack path trims one more, counted in /stats.
+    redis.q(&["LPUSH", "job_list", "{not json"]);
+    assert!(
+        wait_until(LONG, || {
+            let body = stats_json(stats);
+            body["providers"]["main"]["dead_letters_trimmed"] == 2
+        }),
+        "{}",
+        stats_json(stats)
+    );
+    assert_eq!(dead_records(&redis, "job_list").len(), 2);
+}
+
+/// `GET /stats` on the stats server, as JSON (null when unreachable).
+fn stats_json(port: u16) -> serde_json::Value {
+    agent()
+        .get(&format!("http://127.0.0.1:{port}/stats"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .and_then(|b| serde_json::from_str(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn signals_do_not_break_the_connection() {
+    // SIGHUPs (reloads) while jobs run, to the process and to each of the
+    // provider's threads in turn: the kernel may run a process signal's
+    // handler on any thread that does not block it, and a socket read with
+    // a timeout fails with EINTR when that happens, SA_RESTART or not.
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    let cfg = config(&redis, "", &[&rec], 4);
+    let g = Goworker::start(dir.path(), &cfg);
+    assert!(wait_until(LONG, || g
+        .log_text()
+        .contains("connected to redis")));
+    let pid = g.pid() as u32;
+    // goworker-provider-main (fetch), goworker-redis-acks/upkeep-main.
+    let mut threads = thread_ids(pid, "goworker-provid");
+    threads.extend(thread_ids(pid, "goworker-redis-"));
+    assert_eq!(threads.len(), 3);
+    let all: Vec<String> = (0..300).map(|i| format!("s{i}")).collect();
+    for id in &all {
+        redis.q(&["LPUSH", "job_list", &record_job(&rec, id, &out)]);
+    }
+    for i in 0..600 {
+        g.signal(libc::SIGHUP);
+        signal_thread(pid, threads[i % threads.len()], libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        wait_until(LONG, || ids(&out).len() >= all.len()),
+        "{}",
+        g.log_text()
+    );
+    let log = g.log_text();
+    assert!(!log.contains("Interrupted system call"), "{log}");
+    assert!(!log.contains("redis unreachable"), "{log}");
+    let ran: HashSet<String> = ids(&out).into_iter().collect();
+    assert_eq!(ran.len(), all.len());
+    assert_eq!(ids(&out).len(), all.len(), "no job ran twice");
+}
+
+#[test]
+fn after_an_outage_longer_than_orphan_after_no_healthy_peer_is_swept() {
+    let port = free_port();
+    let redis = Redis::start_persistent_on(port, temp_dir());
+    let proxy = Proxy::start(port);
+    let dir = temp_dir();
+    let gate = gate_script(dir.path());
+    let flag = dir.path().join("go");
+    let out = dir.path().join("out.txt");
+    let cfg = |url: &str| {
+        config(&redis, "", &[&gate], 1)
+            .replace("orphan_after: 1s", "orphan_after: 5s")
+            .replace(&redis.url(), url)
+    };
+    // A reaches redis through the proxy; B directly.
+    let dir_a = temp_dir();
+    let a = Goworker::start(dir_a.path(), &cfg(&proxy.url()));
+    redis.q(&[
+        "LPUSH",
+        "job_list",
+        &gate_job(&gate, &flag, "held-by-a", &out).to_string(),
+    ]);
+    assert!(wait_until(LONG, || a
+        .log_text()
+        .contains("attempt 1 on pool cli")));
+    let dir_b = temp_dir();
+    let b = Goworker::start(dir_b.path(), &cfg(&redis.url()));
+    assert!(wait_until(LONG, || redis
+        .q(&["ZCARD", "job_list:consumers"])
+        .int()
+        == 2));
+    // Redis is down for longer than orphan_after; when it is back, A gets
+    // through a moment after B (still well within orphan_after).
+    proxy.block();
+    let data = redis.stop();
+    std::thread::sleep(Duration::from_secs(6));
+    let redis = Redis::start_persistent_on(port, data);
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.unblock();
+    assert!(wait_until(LONG, || a
+        .log_text()
+        .matches("connected to redis")
+        .count()
+        >= 2));
+    // B, up since the restart, did not take A's job: A still holds it.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(!b.log_text().contains("is silent"), "{}", b.log_text());
+    assert_eq!(processing(&redis, "job_list").len(), 1);
+    std::fs::write(&flag, "").expect("flag");
+    assert!(wait_until(LONG, || ids(&out) == ["held-by-a"]));
+    assert!(wait_until(LONG, || processing(&redis, "job_list").is_empty()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ids(&out), ["held-by-a"]);
+}
+
+#[test]
+fn a_batch_stays_within_fetch_max_bytes_and_keeps_the_order() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    let all: Vec<String> = (0..20).map(|i| format!("b{i:02}")).collect();
+    for id in &all {
+        redis.q(&["LPUSH", "job_list", &record_job(&rec, id, &out)]);
+    }
+    let size = record_job(&rec, "b00", &out).len();
+    // Room for two payloads per round trip.
+    let extra = format!("    fetch_max_bytes: {}\n", size * 2 + size / 2);
+    let g = Goworker::start(dir.path(), &config(&redis, &extra, &[&rec], 1));
+    assert!(
+        wait_until(LONG, || ids(&out).len() >= all.len()),
+        "{}",
+        g.log_text()
+    );
+    assert_eq!(ids(&out), all);
+    // At least ten fetches for twenty jobs (RPOP is what the script runs).
+    let stats = redis.q(&["INFO", "commandstats"]).strings().join("");
+    let rpops: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_rpop:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(rpops >= 10, "{stats}");
+}
+
+#[test]
+fn credentials_in_the_url_are_never_printed() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let stats = free_port();
+    for secret in ["s3cr/et#x", "p@ss/w:rd", "%2Fhidden?"] {
+        let url = format!("redis://user:{secret}@127.0.0.1:{}/0", redis.port);
+        let cfg = config(&redis, "", &[], 1)
+            .replace(&redis.url(), &url)
+            .replace(
+                "stats_listen: null",
+                &format!("stats_listen: 127.0.0.1:{stats}"),
+            );
+        std::fs::write(dir.path().join("config.yaml"), &cfg).expect("write config");
+        let (_, stdout, stderr) = goworker(&["check", "-c", "config.yaml"], dir.path());
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{stdout}{stderr}"
+        );
+        let mut g = Goworker::start(dir.path(), &cfg);
+        // Whether it connects or not, the URL shows up in the log.
+        assert!(wait_until(LONG, || g.log_text().contains("as consumer")
+            || g.child.try_wait().ok().flatten().is_some()));
+        let _ = wait_until(Duration::from_secs(2), || healthz(stats).0 != 0);
+        let (_, body) = healthz(stats);
+        let log = g.log_text();
+        assert!(log.contains("user:***@127.0.0.1"), "{log}");
+        for part in [secret, "s3cr", "hidden", "w:rd"] {
+            assert!(
+                !log.contains(part) && !body.contains(part),
+                "{part}: {log}\n{body}"
+            );
+        }
+        g.sigterm();
+        let _ = g.wait_exit(LONG);
+    }
 }
 
 #[test]

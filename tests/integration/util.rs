@@ -328,6 +328,30 @@ pub fn threads_named(pid: u32, prefix: &str) -> usize {
         .count()
 }
 
+/// Thread ids of process `pid` whose name starts with `prefix`.
+pub fn thread_ids(pid: u32, prefix: &str) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end().starts_with(prefix))
+        })
+        .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Sends `sig` to one thread of process `pid` (tgkill(2)): its handler
+/// runs on that thread, as the kernel may choose for a process signal.
+pub fn signal_thread(pid: u32, tid: i32, sig: i32) {
+    // SAFETY: tgkill takes plain integers; an exited thread is ESRCH.
+    unsafe {
+        libc::syscall(libc::SYS_tgkill, pid as libc::c_int, tid, sig);
+    }
+}
+
 /// A RESP reply, read fully (arrays included).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resp {
@@ -636,4 +660,170 @@ pub fn agent() -> ureq::Agent {
         .timeout_global(Some(PATIENCE * 2))
         .build()
         .into()
+}
+
+/// A TCP proxy on a free loopback port in front of a redis-server, for
+/// faults a real network has: a request that reaches the server whose
+/// reply never comes back, and a client that cannot get through for a
+/// while. Real sockets both ways; threads end with their connections.
+pub struct Proxy {
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// Cut the connection that next sends a request containing these bytes.
+    cut_on: std::sync::Mutex<Option<Vec<u8>>>,
+    cuts: std::sync::atomic::AtomicUsize,
+    /// While set, connections are closed and new ones refused.
+    blocked: std::sync::atomic::AtomicBool,
+    /// Bumped by `block`: connections of an older generation close.
+    generation: std::sync::atomic::AtomicUsize,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl Proxy {
+    pub fn start(target: u16) -> Proxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let state = std::sync::Arc::new(ProxyState::default());
+        let st = state.clone();
+        std::thread::spawn(move || {
+            while !st.stop.load(SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                if st.blocked.load(SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                Proxy::pump(st.clone(), client, server);
+            }
+        });
+        Proxy { port, state }
+    }
+
+    fn pump(st: std::sync::Arc<ProxyState>, client: TcpStream, server: TcpStream) {
+        use std::io::Read;
+        use std::sync::atomic::Ordering::SeqCst;
+        let generation = st.generation.load(SeqCst);
+        let mute = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let close = |a: &TcpStream, b: &TcpStream| {
+            let _ = a.shutdown(std::net::Shutdown::Both);
+            let _ = b.shutdown(std::net::Shutdown::Both);
+        };
+        for (from, to, upstream) in [
+            (client.try_clone(), server.try_clone(), true),
+            (server.try_clone(), client.try_clone(), false),
+        ] {
+            let (Ok(mut from), Ok(mut to)) = (from, to) else {
+                return;
+            };
+            let st = st.clone();
+            let mute = mute.clone();
+            std::thread::spawn(move || {
+                let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    if st.stop.load(SeqCst) || st.generation.load(SeqCst) != generation {
+                        close(&from, &to);
+                        return;
+                    }
+                    let n = match from.read(&mut buf) {
+                        Ok(0) => {
+                            close(&from, &to);
+                            return;
+                        }
+                        Ok(n) => n,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            continue;
+                        }
+                        Err(_) => {
+                            close(&from, &to);
+                            return;
+                        }
+                    };
+                    let chunk = &buf[..n];
+                    let cut = upstream && {
+                        let mut on = st.cut_on.lock().expect("lock");
+                        let hit = on
+                            .as_ref()
+                            .is_some_and(|p| chunk.windows(p.len()).any(|w| w == &p[..]));
+                        if hit {
+                            *on = None;
+                        }
+                        hit
+                    };
+                    if cut {
+                        // The request reaches the server; its reply does not
+                        // come back, and the connection breaks.
+                        mute.store(true, SeqCst);
+                        let _ = to.write_all(chunk);
+                        std::thread::sleep(Duration::from_millis(300));
+                        st.cuts.fetch_add(1, SeqCst);
+                        close(&from, &to);
+                        return;
+                    }
+                    if !upstream && mute.load(SeqCst) {
+                        continue;
+                    }
+                    if to.write_all(chunk).is_err() {
+                        close(&from, &to);
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The next request that contains `pattern` reaches the server, but its
+    /// reply is dropped and its connection closed.
+    pub fn cut_on(&self, pattern: &[u8]) {
+        *self.state.cut_on.lock().expect("lock") = Some(pattern.to_vec());
+    }
+
+    /// Requests cut so far.
+    pub fn cuts(&self) -> usize {
+        self.state.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Closes every connection and refuses new ones until `unblock`.
+    pub fn block(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.state.blocked.store(true, SeqCst);
+        self.state.generation.fetch_add(1, SeqCst);
+    }
+
+    pub fn unblock(&self) {
+        self.state
+            .blocked
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }

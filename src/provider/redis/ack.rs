@@ -4,21 +4,31 @@
 //! them as one `MULTI` pipeline (one round trip for hundreds of acks), and
 //! keeps them through a lost connection until Redis is back.
 //!
-//! An ack is `LREM processing -1 payload`: the search starts at the tail,
-//! where the oldest jobs are, so its cost does not grow with the list.
-//! Defer and dead go through [`SETTLE`], which stores the job
-//! only if it was still held, so a retried pipeline changes nothing twice.
+//! Acks go as one [`ACK`] script call per queue and batch: the acked
+//! deliveries found at the tail of the processing list, where the oldest
+//! jobs are, are cut off with one `LTRIM`; any other is removed with
+//! `LREM processing -1 <stamped delivery>`. The stamp (see
+//! [`super::stamp`]) makes each removal exact: a pipeline resent after a
+//! lost reply removes nothing else. Defer and dead go through [`SETTLE`], which stores the job only
+//! if the delivery was still held, so a resent pipeline changes nothing
+//! twice.
+//!
+//! Settlements Redis confirmed are remembered for a while ([`Settled`]):
+//! should Redis come back from a restart with a delivery this process has
+//! already settled (writes lost with the restart), the fetcher finds it and
+//! stores the same outcome again instead of running the job again.
 
-use super::conn::{self, Conn, Redis};
+use super::conn::{self, Conn, Fail, Redis};
 use super::keys::Keys;
 use super::options::Settings;
-use super::scripts::SETTLE;
+use super::scripts::{ACK, SETTLE};
 use crate::error::Error;
 use crate::job::{FailureRecord, Job, Report, time_to_unix};
 use crate::provider::{Acker, ProviderContext};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,47 +37,107 @@ const MAX_BATCH: usize = 2000;
 /// How long `finish` keeps trying to deliver acks to an unreachable Redis.
 const FLUSH_PATIENCE: Duration = Duration::from_secs(10);
 
-/// What to do with one held job.
-#[derive(Debug)]
-pub(super) enum AckCmd {
-    Ack {
-        queue: usize,
-        raw: Vec<u8>,
-    },
-    Defer {
-        queue: usize,
-        raw: Vec<u8>,
-        job: String,
-        due: f64,
-    },
-    Dead {
-        queue: usize,
-        raw: Vec<u8>,
-        record: String,
-    },
+/// Confirmed settlements remembered, at most.
+const SETTLED_MAX: usize = 20_000;
+/// Bytes of confirmed settlements remembered, at most.
+const SETTLED_MAX_BYTES: usize = 32 << 20;
+
+/// What to do with one held delivery.
+#[derive(Debug, Clone)]
+pub(super) struct AckCmd {
+    pub(super) queue: usize,
+    /// The delivery's sequence number (its stamp).
+    pub(super) seq: u64,
+    /// The stamped delivery, exactly as it sits in the processing list.
+    pub(super) raw: Vec<u8>,
+    pub(super) what: Settle,
 }
 
-/// The acker of one delivery: the payload exactly as it sits in the
-/// processing list, and which queue it came from.
+/// How a delivery ended.
+#[derive(Debug, Clone)]
+pub(super) enum Settle {
+    Ack,
+    Defer { job: String, due: f64 },
+    Dead { record: String },
+}
+
+impl AckCmd {
+    fn bytes(&self) -> usize {
+        self.raw.len()
+            + match &self.what {
+                Settle::Ack => 0,
+                Settle::Defer { job, .. } => job.len(),
+                Settle::Dead { record } => record.len(),
+            }
+    }
+}
+
+/// Settlements Redis confirmed, newest last, bounded in count and bytes.
+#[derive(Debug, Default)]
+pub(super) struct Settled {
+    by_seq: HashMap<u64, AckCmd>,
+    order: VecDeque<u64>,
+    bytes: usize,
+}
+
+/// Shared between the ack thread (which adds) and the fetcher (which looks).
+pub(super) type SharedSettled = Arc<Mutex<Settled>>;
+
+impl Settled {
+    fn add(&mut self, cmds: impl IntoIterator<Item = AckCmd>) {
+        for c in cmds {
+            let seq = c.seq;
+            self.bytes = self.bytes.saturating_add(c.bytes());
+            match self.by_seq.insert(seq, c) {
+                Some(old) => self.bytes = self.bytes.saturating_sub(old.bytes()),
+                None => self.order.push_back(seq),
+            }
+            while self.order.len() > SETTLED_MAX || self.bytes > SETTLED_MAX_BYTES {
+                let Some(oldest) = self.order.pop_front() else {
+                    break;
+                };
+                if let Some(old) = self.by_seq.remove(&oldest) {
+                    self.bytes = self.bytes.saturating_sub(old.bytes());
+                }
+            }
+        }
+    }
+
+    /// The settlement of delivery `seq`, if still remembered.
+    pub(super) fn get(&self, seq: u64) -> Option<AckCmd> {
+        self.by_seq.get(&seq).cloned()
+    }
+}
+
+/// The acker of one delivery.
 #[derive(Debug)]
 pub(super) struct RedisAcker {
     pub(super) tx: Sender<AckCmd>,
     pub(super) queue: usize,
+    pub(super) seq: u64,
+    /// The stamped delivery.
     pub(super) raw: Vec<u8>,
+    /// Where the producer's payload starts in `raw`.
+    pub(super) payload_at: usize,
 }
 
 impl RedisAcker {
-    fn send(self, cmd: impl FnOnce(usize, Vec<u8>) -> AckCmd) {
+    fn send(self, what: Settle) {
         // The channel is unbounded: this never blocks. It only fails once
         // the ack thread is gone, after `finish`; the job then stays in the
         // processing list and is recovered.
-        let _ = self.tx.send(cmd(self.queue, self.raw));
+        let _ = self.tx.send(AckCmd {
+            queue: self.queue,
+            seq: self.seq,
+            raw: self.raw,
+            what,
+        });
     }
 }
 
 impl Acker for RedisAcker {
     fn ack(self: Box<Self>, _report: &Report) {
-        self.send(|queue, raw| AckCmd::Ack { queue, raw });
+        self.send(Settle::Ack);
     }
 
     fn can_defer(&self) -> bool {
@@ -77,12 +147,7 @@ impl Acker for RedisAcker {
     fn defer(self: Box<Self>, job: &Job, due: SystemTime) {
         let job = job.to_json();
         let due = time_to_unix(due);
-        self.send(|queue, raw| AckCmd::Defer {
-            queue,
-            raw,
-            job,
-            due,
-        });
+        self.send(Settle::Defer { job, due });
     }
 
     fn dead(self: Box<Self>, record: &FailureRecord, _report: &Report) {
@@ -90,10 +155,11 @@ impl Acker for RedisAcker {
         if record.raw.is_none() && record.attempts == 0 {
             // Rejected before it ran (e.g. no pool for its type): keep the
             // payload exactly as the producer wrote it.
-            record.raw = Some(String::from_utf8_lossy(&self.raw).into_owned());
+            let payload = self.raw.get(self.payload_at..).unwrap_or_default();
+            record.raw = Some(String::from_utf8_lossy(payload).into_owned());
         }
         let record = serde_json::to_string(&record).unwrap_or_default();
-        self.send(|queue, raw| AckCmd::Dead { queue, raw, record });
+        self.send(Settle::Dead { record });
     }
 
     fn release(self: Box<Self>, _job: Option<&Job>) {
@@ -104,18 +170,11 @@ impl Acker for RedisAcker {
     }
 }
 
-/// Jobs per queue this process holds in its processing list as far as it
-/// knows: counted up by the fetcher when it takes jobs, down by the ack
-/// thread once their settlement is stored. A fetch whose reply was lost
-/// (connection broken after Redis ran it) shows as the processing list
-/// being longer than this; see `Fetcher::reclaim`.
-pub(super) type Held = Arc<Vec<AtomicUsize>>;
-
 /// The ack thread and the way to it.
 #[derive(Debug)]
 pub(super) struct AckThread {
     tx: Sender<AckCmd>,
-    held: Held,
+    settled: SharedSettled,
     closing: Arc<AtomicBool>,
     handle: JoinHandle<()>,
 }
@@ -129,9 +188,10 @@ impl AckThread {
     ) -> Result<AckThread, Error> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let closing = Arc::new(AtomicBool::new(false));
-        let held: Held = Arc::new(keys.queues.iter().map(|_| AtomicUsize::new(0)).collect());
+        let settled = SharedSettled::default();
         let mut w = AckWriter {
-            held: held.clone(),
+            settled: settled.clone(),
+            last_trim_log: None,
             redis,
             s,
             keys,
@@ -142,11 +202,14 @@ impl AckThread {
         };
         let handle = std::thread::Builder::new()
             .name(format!("goworker-redis-acks-{}", w.s.name))
-            .spawn(move || w.run())
+            .spawn(move || {
+                conn::block_signals();
+                w.run()
+            })
             .map_err(|e| Error::io("spawn redis ack thread", e))?;
         Ok(AckThread {
             tx,
-            held,
+            settled,
             closing,
             handle,
         })
@@ -156,8 +219,8 @@ impl AckThread {
         self.tx.clone()
     }
 
-    pub(super) fn held(&self) -> Held {
-        self.held.clone()
+    pub(super) fn settled(&self) -> SharedSettled {
+        self.settled.clone()
     }
 
     /// Delivers what is pending (giving up after a while if Redis stays
@@ -170,7 +233,9 @@ impl AckThread {
 }
 
 struct AckWriter {
-    held: Held,
+    settled: SharedSettled,
+    /// When trimmed dead letters were last logged.
+    last_trim_log: Option<Instant>,
     redis: Redis,
     s: Arc<Settings>,
     keys: Arc<Keys>,
@@ -205,15 +270,15 @@ impl AckWriter {
             }
             match self.flush(&pending) {
                 Ok(()) => {
-                    for c in &pending {
-                        self.held[self.queue_of(c)].fetch_sub(1, Ordering::AcqRel);
+                    if let Ok(mut settled) = self.settled.lock() {
+                        settled.add(pending.drain(..));
                     }
                     pending.clear();
                     backoff.reset();
                     retried = false;
                     conn::up(&self.ctx);
                 }
-                Err(_) if conn::quiet_retry(&mut self.conn, &mut retried) => {}
+                Err(e) if conn::quiet_retry(&mut self.conn, &mut retried, &e) => {}
                 Err(e) => {
                     conn::down(&self.ctx, &e);
                     if self.closing.load(Ordering::Acquire) {
@@ -235,9 +300,24 @@ impl AckWriter {
         }
     }
 
-    fn flush(&mut self, batch: &[AckCmd]) -> Result<(), String> {
+    fn flush(&mut self, batch: &[AckCmd]) -> Result<(), Fail> {
         let mut pipe = redis::pipe();
         pipe.atomic();
+        // Acks: one script call per queue for the whole batch.
+        for (i, q) in self.keys.queues.iter().enumerate() {
+            let mut acks = batch
+                .iter()
+                .filter(|c| c.queue == i && matches!(c.what, Settle::Ack))
+                .peekable();
+            if acks.peek().is_none() {
+                continue;
+            }
+            let cmd = pipe.cmd("EVAL").arg(ACK).arg(1).arg(&q.processing);
+            for c in acks {
+                cmd.arg(&c.raw);
+            }
+            cmd.ignore();
+        }
         for c in batch {
             self.add(&mut pipe, c);
         }
@@ -245,47 +325,53 @@ impl AckWriter {
             Some(c) => c,
             None => self.conn.insert(self.redis.get()?),
         };
-        pipe.query::<()>(&mut **conn).map_err(|e| e.to_string())?;
+        // One reply per defer or dead letter (acks are ignored): -1 when
+        // the delivery was no longer held, else dead letters trimmed.
+        let replies: Vec<i64> = pipe.query(&mut **conn)?;
+        let trimmed = replies
+            .iter()
+            .filter_map(|&n| u64::try_from(n).ok())
+            .fold(0u64, u64::saturating_add);
+        if trimmed > 0 {
+            self.ctx.add_dead_letters_trimmed(trimmed);
+            let now = Instant::now();
+            if self
+                .last_trim_log
+                .is_none_or(|t| now.duration_since(t) >= TRIM_LOG_EVERY)
+            {
+                self.last_trim_log = Some(now);
+                log::warn!(
+                    "provider {}: dead letters over dead_letter_max ({}) trimmed, oldest first \
+                     ({} so far)",
+                    self.s.name,
+                    self.s.dead_letter_max,
+                    self.ctx.dead_letters_trimmed()
+                );
+            }
+        }
         Ok(())
     }
 
     fn add(&self, pipe: &mut redis::Pipeline, c: &AckCmd) {
-        let q = &self.keys.queues[self.queue_of(c)];
-        let (raw, target, what, value, n) = match c {
-            AckCmd::Ack { raw, .. } => {
-                pipe.cmd("LREM")
-                    .arg(&q.processing)
-                    .arg(-1)
-                    .arg(raw)
-                    .ignore();
-                return;
+        let q = &self.keys.queues[c.queue];
+        let (target, what, value, n) = match &c.what {
+            Settle::Ack => return, // see `flush`
+            Settle::Defer { job, due } => (&q.delayed, "defer", job, due.to_string()),
+            Settle::Dead { record } => {
+                (&q.dead, "dead", record, self.s.dead_letter_max.to_string())
             }
-            AckCmd::Defer { raw, job, due, .. } => (raw, &q.delayed, "defer", job, due.to_string()),
-            AckCmd::Dead { raw, record, .. } => (
-                raw,
-                &q.dead,
-                "dead",
-                record,
-                self.s.dead_letter_max.to_string(),
-            ),
         };
         pipe.cmd("EVAL")
             .arg(SETTLE)
             .arg(2)
             .arg(&q.processing)
             .arg(target)
-            .arg(raw)
+            .arg(&c.raw)
             .arg(what)
             .arg(value)
-            .arg(n)
-            .ignore();
-    }
-
-    fn queue_of(&self, c: &AckCmd) -> usize {
-        match c {
-            AckCmd::Ack { queue, .. }
-            | AckCmd::Defer { queue, .. }
-            | AckCmd::Dead { queue, .. } => *queue,
-        }
+            .arg(n);
     }
 }
+
+/// Trimmed dead letters are logged at most this often.
+const TRIM_LOG_EVERY: Duration = Duration::from_secs(10);

@@ -12,7 +12,10 @@ use crate::provider::{DeadLetters, Enqueue};
 impl RedisProvider {
     fn admin_conn(&mut self) -> Result<(Conn, Vec<QueueKeys>), Error> {
         let name = self.settings.name.clone();
-        let conn = self.redis()?.get().map_err(|e| Error::provider(&name, e))?;
+        let conn = self
+            .redis()?
+            .get()
+            .map_err(|e| Error::provider(&name, e.message))?;
         let keys = self
             .settings
             .queues

@@ -7,6 +7,7 @@ use crate::backoff::{Backoff, Jitter};
 use crate::error::Error;
 use crate::provider::ProviderContext;
 use redis::IntoConnectionInfo;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A pooled connection.
@@ -66,15 +67,86 @@ impl Redis {
     }
 
     /// A connection, or why there is none.
-    pub(super) fn get(&self) -> Result<Conn, String> {
-        let c = self.pool.get().map_err(|e| e.to_string())?;
+    pub(super) fn get(&self) -> Result<Conn, Fail> {
+        let c = self.pool.get().map_err(|e| Fail::other(e.to_string()))?;
         let _ = c.set_read_timeout(Some(READ_TIMEOUT));
         Ok(c)
     }
 }
 
+/// Why a command failed.
+#[derive(Debug)]
+pub(super) struct Fail {
+    pub(super) message: String,
+    /// A signal interrupted the socket call (EINTR): the connection is
+    /// fine, only the reply of the command is unknown.
+    pub(super) interrupted: bool,
+}
+
+impl Fail {
+    pub(super) fn other(message: impl Into<String>) -> Fail {
+        Fail {
+            message: message.into(),
+            interrupted: false,
+        }
+    }
+}
+
+impl From<redis::RedisError> for Fail {
+    fn from(e: redis::RedisError) -> Fail {
+        type Inner = Arc<dyn std::error::Error + Send + Sync>;
+        let io = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<Inner>())
+            .and_then(|inner| inner.downcast_ref::<std::io::Error>());
+        let interrupted = io.is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted);
+        Fail {
+            message: e.to_string(),
+            interrupted,
+        }
+    }
+}
+
+impl std::fmt::Display for Fail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Keeps asynchronous signals away from the calling thread, which blocks
+/// in socket reads.
+///
+/// The connections have a read timeout (`SO_RCVTIMEO`), and a socket read
+/// with a timeout fails with EINTR whenever a signal handler runs on its
+/// thread, `SA_RESTART` or not (signal(7)). A process-directed signal
+/// (SIGHUP for a reload, SIGTERM, a child's SIGCHLD should anything catch
+/// it) goes to any thread that does not block it; when the main thread
+/// already has one pending, the kernel picks another, such as one waiting
+/// in `BLMOVE`. The redis client then reports the read as failed and the
+/// reply as lost. With the signals blocked here they are handled on the
+/// other threads, and a read on this one is never interrupted. Faults
+/// (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS) stay unblocked.
+pub(super) fn block_signals() {
+    // SAFETY: sigset_t is plain data initialised by sigfillset before use;
+    // pthread_sigmask only changes the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for sig in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGFPE,
+            libc::SIGTRAP,
+            libc::SIGSYS,
+        ] {
+            libc::sigdelset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Reports the connection as lost; logs only on a change of state.
-pub(super) fn down(ctx: &ProviderContext, err: &str) {
+pub(super) fn down(ctx: &ProviderContext, err: &Fail) {
     if ctx.set_down(&format!("redis: {err}")) {
         log::warn!(
             "provider {}: redis unreachable: {err}; retrying with back-off",
@@ -90,10 +162,14 @@ pub(super) fn up(ctx: &ProviderContext) {
     }
 }
 
-/// Whether a failure deserves one quiet retry: the connection that failed
-/// had worked before, and may only have gone stale (Redis restarted while
-/// it sat in the pool). Takes the connection out of `slot` either way.
-pub(super) fn quiet_retry(slot: &mut Option<Conn>, retried: &mut bool) -> bool {
+/// Whether a failure deserves a quiet retry: always for an interrupted
+/// call (the connection is kept), and once for a connection that had worked
+/// before and may only have gone stale (Redis restarted while it sat in the
+/// pool). Otherwise the connection is taken out of `slot`.
+pub(super) fn quiet_retry(slot: &mut Option<Conn>, retried: &mut bool, e: &Fail) -> bool {
+    if e.interrupted && slot.is_some() {
+        return true;
+    }
     let had = slot.take().is_some();
     let retry = had && !*retried;
     if retry {
@@ -118,8 +194,17 @@ mod tests {
     #[test]
     fn no_quiet_retry_without_a_connection_that_worked() {
         let mut retried = false;
-        assert!(!quiet_retry(&mut None, &mut retried));
+        assert!(!quiet_retry(&mut None, &mut retried, &Fail::other("x")));
         assert!(!retried);
+    }
+
+    #[test]
+    fn an_interrupted_call_is_told_apart_and_keeps_its_connection() {
+        let eintr = redis::RedisError::from(std::io::Error::from_raw_os_error(libc::EINTR));
+        assert!(Fail::from(eintr).interrupted);
+        let reset =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!Fail::from(reset).interrupted);
     }
 
     #[test]

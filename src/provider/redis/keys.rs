@@ -15,32 +15,37 @@ pub(super) struct QueueKeys {
     pub(super) delayed: String,
     /// `Q:dead`: dead-letter records, newest first.
     pub(super) dead: String,
-    /// `Q:recoveries`: payload SHA-1 -> times recovered from dead consumers.
-    pub(super) recoveries: String,
     /// `Q:sweep-lock`: held for the few milliseconds of an orphan sweep.
     pub(super) sweep_lock: String,
-    /// `SCAN` pattern matching every consumer's processing list.
-    pub(super) processing_pattern: String,
     /// Prefix of processing lists, to read the consumer id back.
     pub(super) processing_prefix: String,
 }
 
-/// Every queue's keys and this process's consumer id.
+/// Every queue's keys, this process's consumer id and the tag that
+/// starts its delivery ids.
 #[derive(Debug)]
 pub(super) struct Keys {
     pub(super) consumer: String,
+    /// The ULID that ends the consumer id: `<tag>.<n>` is the id of this
+    /// process's n-th delivery (the id a job without one is given).
+    pub(super) tag: String,
     pub(super) queues: Vec<QueueKeys>,
 }
 
 impl Keys {
     pub(super) fn new(s: &Settings) -> Keys {
-        let consumer = consumer_id();
+        let tag = ulid::Ulid::generate().to_string();
+        let consumer = consumer_id(&tag);
         let queues = s
             .queues
             .iter()
             .map(|q| QueueKeys::new(q, &consumer))
             .collect();
-        Keys { consumer, queues }
+        Keys {
+            consumer,
+            tag,
+            queues,
+        }
     }
 }
 
@@ -53,35 +58,21 @@ impl QueueKeys {
             consumers: format!("{q}:consumers"),
             delayed: format!("{q}:delayed"),
             dead: format!("{q}:dead"),
-            recoveries: format!("{q}:recoveries"),
             sweep_lock: format!("{q}:sweep-lock"),
-            processing_pattern: format!("{}*", glob_escape(&processing_prefix)),
             processing_prefix,
         }
     }
 }
 
-/// Unique per process start: host, pid and a random suffix.
-fn consumer_id() -> String {
+/// Unique per process start: host, pid and `tag` (a ULID). The scripts
+/// read the tag back as what follows the last `:`.
+fn consumer_id(tag: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
-    let suffix: u32 = rand::random();
-    format!("{host}:{}:{suffix:08x}", std::process::id())
-}
-
-/// Escapes glob characters so a queue name matches only itself in `SCAN`.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
+    format!("{host}:{}:{tag}", std::process::id())
 }
 
 #[cfg(test)]
@@ -89,10 +80,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layout_and_escaping() {
+    fn layout() {
         let k = QueueKeys::new("jobs[1]", "h:1:ab");
         assert_eq!(k.processing, "jobs[1]:processing:h:1:ab");
-        assert_eq!(k.processing_pattern, "jobs\\[1\\]:processing:*");
-        assert_ne!(consumer_id(), consumer_id());
+        assert_eq!(k.processing_prefix, "jobs[1]:processing:");
+        assert!(consumer_id("01TAG").ends_with(":01TAG"));
     }
 }

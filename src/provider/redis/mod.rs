@@ -4,6 +4,7 @@
 //!
 //! - [`options`]: the YAML options and their validation.
 //! - [`keys`]: the key layout beside each queue (docs/redis.md).
+//! - [`stamp`]: the delivery stamp and carried entries around payloads.
 //! - [`scripts`]: the Lua scripts (batch fetch, recovery, promotion).
 //! - [`conn`]: the r2d2 pool and reconnect back-off.
 //! - [`fetch`]: the fetch loop on the provider's thread.
@@ -19,6 +20,7 @@ mod keeper;
 mod keys;
 mod options;
 mod scripts;
+mod stamp;
 
 pub(crate) use options::RedisOptions;
 
@@ -73,6 +75,8 @@ impl Provider for RedisProvider {
     }
 
     fn run(&mut self, ctx: &ProviderContext) -> Result<(), Error> {
+        // This thread blocks in socket reads with a timeout: see there.
+        conn::block_signals();
         let redis = self.redis()?.clone();
         let s = self.settings.clone();
         let keys = Arc::new(Keys::new(&s));
@@ -86,10 +90,10 @@ impl Provider for RedisProvider {
         let acks = AckThread::start(redis.clone(), s.clone(), keys.clone(), ctx.clone())?;
         let keeper = Keeper::start(redis.clone(), s.clone(), keys.clone(), ctx.clone())?;
         let sender = acks.sender();
-        let held = acks.held();
+        let settled = acks.settled();
         self.acks = Some(acks);
         self.keeper = Some(keeper);
-        fetch::Fetcher::new(redis, s, keys, sender, held).run(ctx);
+        fetch::Fetcher::new(redis, s, keys, sender, settled).run(ctx);
         Ok(())
     }
 
