@@ -1223,3 +1223,31 @@ fn sighup_applies_a_changed_rate_limit() {
         "{log}"
     );
 }
+
+#[test]
+fn healthz_names_why_redis_cannot_be_reached() {
+    let dir = temp_dir();
+    let (nothing, stats) = (free_port(), free_port());
+    let config = format!(
+        "manager: {{ stats_listen: 127.0.0.1:{stats} }}\nproviders:\n  - type: redis\n    url: redis://127.0.0.1:{nothing}/0\nworkers:\n  - type: noop\n"
+    );
+    let _g = Goworker::start(dir.path(), &config);
+    let reason = || {
+        agent()
+            .get(&format!("http://127.0.0.1:{stats}/healthz"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default()
+    };
+    // Every thread's view, not only the first to see the error, says why.
+    let mut last = String::new();
+    let said = wait_until(PATIENCE, || {
+        last = reason();
+        last.contains("Connection refused")
+    });
+    assert!(said, "{last}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let later = reason();
+    assert!(later.contains("Connection refused"), "{later}");
+}

@@ -20,6 +20,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub(super) struct Redis {
     pool: r2d2::Pool<redis::Client>,
+    /// Why the last connection attempt failed. r2d2 hands its last error
+    /// to one waiter only; the others (fetch, acks, upkeep) would report a
+    /// bare "timed out waiting for connection" in `/healthz`.
+    last_cause: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -63,12 +67,31 @@ impl Redis {
             .connection_timeout(Duration::from_secs(1))
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(client);
-        Ok(Redis { pool })
+        Ok(Redis {
+            pool,
+            last_cause: Arc::default(),
+        })
     }
 
-    /// A connection, or why there is none.
+    /// A connection, or why there is none: the cause the connection
+    /// attempts met (e.g. "Connection refused"), not only that none came.
     pub(super) fn get(&self) -> Result<Conn, Fail> {
-        let c = self.pool.get().map_err(|e| Fail::other(e.to_string()))?;
+        let c = self.pool.get().map_err(|e| {
+            let text = e.to_string();
+            let Ok(mut last) = self.last_cause.lock() else {
+                return Fail::other(text);
+            };
+            match text.split_once(": ") {
+                Some((_, cause)) => {
+                    *last = Some(cause.to_string());
+                    Fail::other(text)
+                }
+                None => match last.as_deref() {
+                    Some(cause) => Fail::other(format!("{text}: {cause}")),
+                    None => Fail::other(text),
+                },
+            }
+        })?;
         let _ = c.set_read_timeout(Some(READ_TIMEOUT));
         Ok(c)
     }
