@@ -1251,3 +1251,33 @@ fn healthz_names_why_redis_cannot_be_reached() {
     let later = reason();
     assert!(later.contains("Connection refused"), "{later}");
 }
+
+#[test]
+fn a_prefix_keeps_every_key_of_one_application_apart() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let rec = record_script(dir.path());
+    let out = dir.path().join("out.txt");
+    // Another application's job on the unprefixed name is left alone.
+    redis.q(&["LPUSH", "job_list", &record_job(&rec, "theirs", &out)]);
+    redis.q(&["LPUSH", "app1:job_list", &record_job(&rec, "ours", &out)]);
+    let cfg = config(&redis, "    prefix: \"app1:\"\n", &[&rec], 1);
+    let g = Goworker::start(dir.path(), &cfg);
+    assert!(
+        wait_until(LONG, || ids(&out) == ["ours"]),
+        "{:?}",
+        ids(&out)
+    );
+    // Its bookkeeping lives under the prefix too.
+    assert!(wait_until(LONG, || !redis
+        .keys("app1:job_list:consumers")
+        .is_empty()));
+    let ours: Vec<String> = redis
+        .keys("*")
+        .into_iter()
+        .filter(|k| k != "job_list")
+        .collect();
+    assert!(ours.iter().all(|k| k.starts_with("app1:")), "{ours:?}");
+    assert_eq!(redis.llen("job_list"), 1);
+    drop(g);
+}

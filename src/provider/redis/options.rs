@@ -12,6 +12,8 @@ pub(crate) struct RedisOptions {
     pub password_env: Option<String>,
     /// Queues (lists) served in priority order, first = highest. Default `[job_list]`.
     pub queues: Vec<String>,
+    /// Prepended to every key name, to keep several applications apart on one Redis: with `app1:`, the queue `job_list` is the list `app1:job_list` and its keys `app1:job_list:dead`, …; producers push to the prefixed name. At most 256 bytes. Default: none.
+    pub prefix: String,
     /// Connections in the pool (one each for fetch, acks and upkeep, plus spares); at least 3. Default 4.
     pub pool_size: u32,
     /// Most jobs moved in one round trip when a queue is deep; 1 to 100000. Default 1000.
@@ -19,9 +21,9 @@ pub(crate) struct RedisOptions {
     /// Most payload bytes moved in one round trip (one larger job is still taken alone). Default 4194304 (4 MiB).
     pub fetch_max_bytes: u64,
     /// How often this process records that it is alive; at most 24h. Default `2s`.
-    pub heartbeat: String,
+    pub heartbeat: crate::DurationValue,
     /// A consumer silent this long is dead: its jobs go back to the queue; at most 24h. Default `30s`.
-    pub orphan_after: String,
+    pub orphan_after: crate::DurationValue,
     /// Jobs whose consumer died while holding them more than this many times are dead-lettered as poison pills. Default 3.
     pub max_recoveries: u32,
     /// Jobs per second taken from this provider (GoWorker's `target`); 0 = unlimited. Default 0.
@@ -36,6 +38,7 @@ impl Default for RedisOptions {
             url: "redis://127.0.0.1:6379/0".into(),
             password_env: None,
             queues: vec!["job_list".into()],
+            prefix: String::new(),
             pool_size: 4,
             fetch_batch: 1000,
             fetch_max_bytes: 4 << 20,
@@ -73,8 +76,8 @@ const MAX_FETCH_BATCH: usize = 100_000;
 /// them far from overflowing.
 const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
 
-fn duration(key: &str, v: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(v).map_err(|e| format!("{key}: {v:?}: {e}"))?;
+fn duration(key: &str, v: &crate::DurationValue) -> Result<Duration, String> {
+    let d = v.parse().map_err(|e| format!("{key}: {e}"))?;
     if d.is_zero() || d > MAX_PERIOD {
         return Err(format!("{key}: more than 0 and at most 24h"));
     }
@@ -102,6 +105,9 @@ impl Settings {
                 return Err(format!("queues[{i}]: {q:?} listed twice"));
             }
         }
+        if o.prefix.len() > 256 {
+            return Err("prefix: at most 256 bytes".into());
+        }
         if o.pool_size < 3 {
             return Err("pool_size: at least 3 (fetch, acks, upkeep)".into());
         }
@@ -116,7 +122,7 @@ impl Settings {
         if orphan_after < heartbeat.saturating_mul(2) {
             return Err(format!(
                 "orphan_after: must be at least twice heartbeat ({})",
-                o.heartbeat
+                humantime::format_duration(heartbeat)
             ));
         }
         if !o.rate_limit.is_finite() || o.rate_limit < 0.0 {
@@ -133,7 +139,13 @@ impl Settings {
             redacted_url: redact(&url),
             url,
             password_env: o.password_env,
-            queues: o.queues,
+            // Every key is derived from the queue's name: prefixing the
+            // name prefixes them all.
+            queues: o
+                .queues
+                .iter()
+                .map(|q| format!("{}{q}", o.prefix))
+                .collect(),
             pool_size: o.pool_size,
             fetch_batch: o.fetch_batch,
             fetch_max_bytes: o.fetch_max_bytes,
