@@ -158,6 +158,9 @@ pub struct ProviderStats {
     /// Jobs waiting at its source (pending and delayed), when it reports it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_depth: Option<u64>,
+    /// Jobs waiting by queue, for providers with several (redis).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub queues: BTreeMap<String, u64>,
     /// Dead letters its store dropped, oldest first, to stay within its
     /// bound (the redis provider's `dead_letter_max`).
     #[serde(skip_serializing_if = "is_zero")]
@@ -419,6 +422,7 @@ impl Stats {
                     up: h.is_up(),
                     reason: h.reason(),
                     queue_depth: h.queue_depth(),
+                    queues: h.queue_depths().into_iter().collect(),
                     dead_letters_trimmed: h.dead_letters_trimmed(),
                 },
             );

@@ -306,6 +306,19 @@ impl Collector for SnapshotCollector {
                     .encode_gauge(&(depth as i64))?;
             }
         }
+        let mut m = e.encode_descriptor(
+            "goworker_queue_depth_by_queue",
+            "Jobs waiting at the provider's source, by queue (providers with several)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, p) in &s.providers {
+            for (queue, depth) in &p.queues {
+                let labels = [("provider", name.as_str()), ("queue", queue.as_str())];
+                m.encode_family(&labels)?
+                    .encode_gauge(&i64::try_from(*depth).unwrap_or(i64::MAX))?;
+            }
+        }
         e.encode_descriptor(
             "goworker_failure_handler_skipped",
             "Failure records that skipped the failure handlers (queue full or shutdown deadline passed); their dead letters are stored",

@@ -225,6 +225,8 @@ pub struct Health {
     reason: Mutex<String>,
     /// Jobs waiting at the source; -1 while unknown.
     depth: AtomicI64,
+    /// Jobs waiting by queue, for providers with several.
+    depths: Mutex<Vec<(String, u64)>>,
     /// A rate limit set on reload (f64 bits); `NO_RATE` while none.
     rate: AtomicU64,
     /// Dead letters the provider's store dropped, oldest first, to stay
@@ -242,6 +244,7 @@ impl Health {
             up: AtomicBool::new(false),
             reason: Mutex::new("starting".into()),
             depth: AtomicI64::new(-1),
+            depths: Mutex::new(Vec::new()),
             rate: AtomicU64::new(NO_RATE),
             dead_trimmed: AtomicU64::new(0),
         }
@@ -267,6 +270,12 @@ impl Health {
     /// provider reports it.
     pub fn queue_depth(&self) -> Option<u64> {
         u64::try_from(self.depth.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Jobs waiting by queue (pending and delayed), when the provider
+    /// reports them queue by queue.
+    pub fn queue_depths(&self) -> Vec<(String, u64)> {
+        self.depths.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
     /// Sets a new rate limit (jobs per second, 0 = unlimited) for a
@@ -398,6 +407,16 @@ impl ProviderContext {
     pub fn set_queue_depth(&self, jobs: u64) {
         let jobs = i64::try_from(jobs).unwrap_or(i64::MAX);
         self.health.depth.store(jobs, Ordering::Relaxed);
+    }
+
+    /// Like [`ProviderContext::set_queue_depth`], queue by queue (name,
+    /// jobs waiting) for a provider with several; the total is their sum.
+    pub fn set_queue_depths(&self, queues: &[(String, u64)]) {
+        self.set_queue_depth(queues.iter().fold(0, |a, (_, n)| a.saturating_add(*n)));
+        if let Ok(mut d) = self.health.depths.lock() {
+            d.clear();
+            d.extend(queues.iter().cloned());
+        }
     }
 
     /// A rate limit (jobs per second, 0 = unlimited) set since start by a

@@ -1281,3 +1281,56 @@ fn a_prefix_keeps_every_key_of_one_application_apart() {
     assert_eq!(redis.llen("job_list"), 1);
     drop(g);
 }
+
+#[test]
+fn queue_depths_are_reported_queue_by_queue() {
+    let redis = Redis::start();
+    let dir = temp_dir();
+    let stats = free_port();
+    // A rate limit of (almost) nothing keeps the jobs waiting to be seen.
+    for i in 0..3 {
+        redis.q(&[
+            "LPUSH",
+            "high",
+            &format!("{{\"type\":\"noop\",\"id\":\"h{i}\"}}"),
+        ]);
+    }
+    for i in 0..5 {
+        redis.q(&[
+            "LPUSH",
+            "low",
+            &format!("{{\"type\":\"noop\",\"id\":\"l{i}\"}}"),
+        ]);
+    }
+    let cfg = config(
+        &redis,
+        "    queues: [high, low]\n    rate_limit: 0.001\n",
+        &[],
+        1,
+    )
+    .replace(
+        "stats_listen: null",
+        &format!("stats_listen: 127.0.0.1:{stats}"),
+    );
+    let _g = Goworker::start(dir.path(), &cfg);
+    let get = |path: &str| {
+        agent()
+            .get(&format!("http://127.0.0.1:{stats}{path}"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default()
+    };
+    let mut last = serde_json::Value::Null;
+    let seen = wait_until(PATIENCE, || {
+        last = serde_json::from_str(&get("/stats")).unwrap_or_default();
+        let q = &last["providers"]["main"]["queues"];
+        q["low"] == 5 && q["high"].as_u64().is_some_and(|n| n >= 2)
+    });
+    assert!(seen, "{last}");
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("goworker_queue_depth_by_queue{provider=\"main\",queue=\"low\"} 5"),
+        "{metrics}"
+    );
+}

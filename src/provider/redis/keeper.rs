@@ -176,8 +176,18 @@ impl Upkeep {
                 depth.llen(&q.queue).zcard(&q.delayed);
             }
             let counts: Vec<u64> = depth.query(&mut **conn)?;
-            self.ctx
-                .set_queue_depth(counts.iter().fold(0, |a, &b| a.saturating_add(b)));
+            let by_queue: Vec<(String, u64)> = keys
+                .queues
+                .iter()
+                .zip(counts.chunks(2))
+                .map(|(q, c)| {
+                    (
+                        q.queue.clone(),
+                        c.iter().fold(0u64, |a, &b| a.saturating_add(b)),
+                    )
+                })
+                .collect();
+            self.ctx.set_queue_depths(&by_queue);
         }
         let mut busy = false;
         for q in &keys.queues {
