@@ -375,3 +375,112 @@ impl AckWriter {
 
 /// Trimmed dead letters are logged at most this often.
 const TRIM_LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobStatus;
+
+    fn cmd(seq: u64, raw_len: usize, what: Settle) -> AckCmd {
+        AckCmd {
+            queue: 0,
+            seq,
+            raw: vec![b'x'; raw_len],
+            what,
+        }
+    }
+
+    #[test]
+    fn settled_remembers_the_newest_within_its_count() {
+        let mut s = Settled::default();
+        s.add((0..SETTLED_MAX as u64 + 10).map(|i| cmd(i, 1, Settle::Ack)));
+        assert_eq!(s.order.len(), SETTLED_MAX);
+        assert!(s.get(0).is_none() && s.get(9).is_none());
+        assert!(s.get(10).is_some() && s.get(SETTLED_MAX as u64 + 9).is_some());
+        assert_eq!(s.bytes, SETTLED_MAX);
+    }
+
+    #[test]
+    fn settled_stays_within_its_bytes_and_counts_a_replaced_entry_once() {
+        let mut s = Settled::default();
+        let big = SETTLED_MAX_BYTES / 4 + 1;
+        s.add((0..5).map(|i| cmd(i, big, Settle::Ack)));
+        assert!(s.bytes <= SETTLED_MAX_BYTES, "{}", s.bytes);
+        assert!(s.get(0).is_none() && s.get(4).is_some());
+        // The same delivery settled again (a resent batch) replaces itself.
+        let mut s = Settled::default();
+        s.add([cmd(7, 10, Settle::Ack)]);
+        let record = "r".repeat(5);
+        s.add([cmd(7, 10, Settle::Dead { record })]);
+        assert_eq!((s.order.len(), s.bytes), (1, 15));
+        assert!(matches!(
+            s.get(7).map(|c| c.what),
+            Some(Settle::Dead { .. })
+        ));
+    }
+
+    fn acker(tx: Sender<AckCmd>) -> Box<RedisAcker> {
+        // A stamp, then the producer's payload.
+        let raw = b"\x1e42\x1e{\"type\":\"nosuch\"}".to_vec();
+        Box::new(RedisAcker {
+            tx,
+            queue: 1,
+            seq: 42,
+            raw,
+            payload_at: 4,
+        })
+    }
+
+    fn report() -> Report {
+        Report {
+            id: "j".into(),
+            status: JobStatus::Succeeded,
+            attempts: 1,
+            duration_ms: 0,
+            elapsed_ms: 0,
+            output: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn each_settlement_names_its_own_stamped_delivery() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        acker(tx.clone()).ack(&report());
+        let c = rx.try_recv().unwrap();
+        assert_eq!((c.queue, c.seq), (1, 42));
+        assert!(c.raw.starts_with(b"\x1e42\x1e"));
+        assert!(matches!(c.what, Settle::Ack));
+
+        let job = Job::new("noop", serde_json::json!({}));
+        let due = std::time::UNIX_EPOCH + std::time::Duration::from_secs(100);
+        acker(tx.clone()).defer(&job, due);
+        match rx.try_recv().unwrap().what {
+            Settle::Defer { job: j, due } => {
+                assert_eq!(due, 100.0);
+                assert!(j.contains("\"type\":\"noop\""), "{j}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A delivery rejected before it ran keeps the payload exactly as
+        // the producer pushed it, without the stamp.
+        let record = FailureRecord::for_job("main", &job, "no pool", None);
+        let record = FailureRecord {
+            attempts: 0,
+            ..record
+        };
+        acker(tx.clone()).dead(&record, &report());
+        match rx.try_recv().unwrap().what {
+            Settle::Dead { record } => {
+                let r: FailureRecord = serde_json::from_str(&record).unwrap();
+                assert_eq!(r.raw.as_deref(), Some("{\"type\":\"nosuch\"}"));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Released deliveries stay held: nothing to send.
+        acker(tx).release(None);
+        assert!(rx.try_recv().is_err());
+    }
+}
