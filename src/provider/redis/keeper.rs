@@ -261,17 +261,12 @@ pub(super) fn decode_recovered(v: &redis::Value) -> Result<Recovered, String> {
 /// A poison pill's record as the script stored it, for the failure
 /// handlers; the raw text is kept when it does not read as a record.
 pub(super) fn decode_record(raw: &[u8], provider: &str) -> FailureRecord {
-    serde_json::from_slice(raw).unwrap_or_else(|e| FailureRecord {
-        id: None,
-        job: None,
-        raw: Some(String::from_utf8_lossy(raw).into_owned()),
-        error: format!("poison pill (record unreadable: {e})"),
-        attempts: 0,
-        first_attempt_at: None,
-        last_attempt_at: None,
-        output: None,
-        provider: provider.to_string(),
-        failed_at: unix_now(),
+    serde_json::from_slice(raw).unwrap_or_else(|e| {
+        let unreadable = crate::job::Malformed {
+            raw: String::from_utf8_lossy(raw).into_owned(),
+            reason: format!("poison pill (record unreadable: {e})"),
+        };
+        FailureRecord::malformed(provider, &unreadable)
     })
 }
 
