@@ -376,11 +376,25 @@ fn held_by(port: u16, pid: u32) -> HashSet<String> {
                 .map(|r| r.strings())
                 .unwrap_or_default()
         })
-        .filter_map(|p| {
-            let v: serde_json::Value = serde_json::from_str(&p).ok()?;
-            Some(v.get("id")?.as_str()?.to_string())
-        })
+        .filter_map(|p| held_id(&p))
         .collect()
+}
+
+/// The job id of one processing-list entry: a delivery stamp
+/// (`RS n RS entry`) in front of either the producer's payload or a
+/// carried entry (`US id US recoveries RS payload`), as docs/redis.md says.
+fn held_id(entry: &str) -> Option<String> {
+    const RS: char = '\u{1e}';
+    const US: char = '\u{1f}';
+    let entry = match entry.strip_prefix(RS) {
+        Some(stamped) => stamped.split_once(RS)?.1,
+        None => entry,
+    };
+    if let Some(carried) = entry.strip_prefix(US) {
+        return Some(carried.split_once(US)?.0.to_string());
+    }
+    let v: serde_json::Value = serde_json::from_str(entry).ok()?;
+    Some(v.get("id")?.as_str()?.to_string())
 }
 
 fn redis_drained(port: u16) -> bool {
@@ -736,4 +750,18 @@ fn tally_tells_lost_explained_and_unexplained_duplicates_apart() {
         0,
     );
     assert_eq!(t.lost, vec!["a".to_string()]);
+}
+
+#[test]
+fn held_ids_are_read_through_stamps_and_carried_entries() {
+    assert_eq!(
+        held_id("\u{1e}7\u{1e}{\"id\":\"a\",\"type\":\"cli\"}").as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        held_id("\u{1e}8\u{1e}\u{1f}b\u{1f}1\u{1e}{\"type\":\"cli\"}").as_deref(),
+        Some("b")
+    );
+    assert_eq!(held_id("{\"id\":\"c\"}").as_deref(), Some("c"));
+    assert_eq!(held_id("\u{1e}junk"), None);
 }
