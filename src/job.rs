@@ -354,32 +354,34 @@ impl FailureRecord {
 /// malformed. (Pools cap it further, e.g. the `cli` worker's `max_timeout`.)
 pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// The fields the job model reads; every other field is kept as it came.
+const KNOWN_FIELDS: [&str; 11] = [
+    "id",
+    "type",
+    "name",
+    "params",
+    "retries",
+    "capture_output",
+    "timeout",
+    "run_at",
+    "attempts",
+    "first_attempt_at",
+    "last_error",
+];
+
 /// Which field of a job payload is wrong, and how, in plain words
 /// (`retries: "x": expected a whole number ≥ 0`). Found by reading the
 /// payload again with paths — with the free-form parts (`params`, unknown
 /// fields) left out, so that a deeply nested payload costs no deeper
 /// recursion than the first read did.
 fn data_error(payload: &[u8], e: &serde_json::Error) -> String {
-    const KNOWN: [&str; 11] = [
-        "id",
-        "type",
-        "name",
-        "retries",
-        "capture_output",
-        "timeout",
-        "run_at",
-        "attempts",
-        "first_attempt_at",
-        "last_error",
-        "params",
-    ];
     let text = e.to_string();
     let bare = text
         .rfind(" at line ")
         .map_or(text.as_str(), |i| &text[..i]);
     let found = match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(mut fields)) => {
-            fields.retain(|k, _| KNOWN.contains(&k.as_str()));
+            fields.retain(|k, _| KNOWN_FIELDS.contains(&k.as_str()));
             fields.insert("params".into(), Value::Null);
             serde_path_to_error::deserialize::<_, Job>(Value::Object(fields)).err()
         }
@@ -520,19 +522,7 @@ mod tests {
         use proptest::prelude::*;
 
         /// Fields the job model knows; generated unknown fields avoid them.
-        const KNOWN: [&str; 11] = [
-            "id",
-            "type",
-            "name",
-            "params",
-            "retries",
-            "capture_output",
-            "timeout",
-            "run_at",
-            "attempts",
-            "first_attempt_at",
-            "last_error",
-        ];
+        const KNOWN: [&str; 11] = KNOWN_FIELDS;
 
         fn leaf() -> impl Strategy<Value = Value> {
             prop_oneof![
